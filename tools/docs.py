@@ -13,6 +13,7 @@ Usage: `python tools/docs.py readme` or `python tools/docs.py html [NOTEBOOK ...
 """
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -51,16 +52,50 @@ def _title_from_front_matter(text: str) -> str:
     return f"# {title}\n\n> {meta['description']}" if meta.get("description") else f"# {title}"
 
 
+ATTRIBUTES = re.compile(r"\{(target|style|\.)[^}]*\}")  # Quarto link and span attributes, e.g. {target="_blank"}
+
+
+def apply_quarto_directives(nb) -> None:
+    "Carry out the Quarto cell options that nbdev's processors leave for Quarto: `echo: false` and `output: asis`."
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            cells.append(cell)
+            continue
+        lines = cell.source.splitlines()
+        options = dict(line[3:].split(":", 1) for line in lines if line.startswith("#| ") and ":" in line)
+        options = {k.strip(): v.strip() for k, v in options.items()}
+        cell.source = "\n".join(line for line in lines if not line.startswith("#| "))
+        if options.get("output") == "asis":
+            text = "".join("".join(o.get("data", {}).get("text/markdown", o.get("text", ""))) for o in cell.outputs)
+            cells.append(nbformat.v4.new_markdown_cell(ATTRIBUTES.sub("", text.replace("\n---\n", "\n"))))
+            continue
+        if options.get("echo") == "false":
+            cell.metadata.setdefault("tags", []).append("remove_input")
+        cells.append(cell)
+    nb.cells = cells
+
+
+def mathjax_url() -> str:
+    "Return a local MathJax bundle when one is installed (pages are checked offline), else nbconvert's default CDN."
+    local = ROOT / ".cache" / "mathjax" / "node_modules" / "mathjax" / "MathJax.js"
+    config = "?config=TeX-AMS_CHTML-full,Safe"
+    return local.as_uri() + config if local.exists() else "https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/MathJax.js" + config
+
+
 def convert(nb_path: Path, exporter: str, out_path: Path) -> None:
     "Convert one processed notebook to `exporter` format ('html' or 'markdown') at `out_path`, with its images."
     from nbconvert import HTMLExporter, MarkdownExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     nb = nbformat.read(nb_path, as_version=4)
+    apply_quarto_directives(nb)
     front = [c for c in nb.cells if c.cell_type == "raw"]
     nb.cells = [c for c in nb.cells if c.cell_type != "raw"]  # Quarto front matter; nbconvert would print it as text
     if front and exporter == "markdown":
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(_title_from_front_matter(front[0].source)))
-    exp = HTMLExporter(embed_images=True) if exporter == "html" else MarkdownExporter()
+    exp = HTMLExporter(embed_images=True, mathjax_url=mathjax_url()) if exporter == "html" else MarkdownExporter()
+    exp.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"remove_input"}), enabled=True)
     body, resources = exp.from_notebook_node(nb)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     for name, data in resources.get("outputs", {}).items():
@@ -76,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("notebooks", nargs="*", help="notebook file names in nbs/ (default: all)")
     args = parser.parse_args(argv)
     names = ["index.ipynb"] if args.target == "readme" else (args.notebooks or sorted(p.name for p in NBS.glob("*.ipynb")))
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend must draw the figures into the page
     with tempfile.TemporaryDirectory(prefix="mono-quant-docs-") as tmp:
         exec_dir = Path(tmp) / "nbs"
         execute_copy(names, exec_dir)

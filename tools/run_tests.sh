@@ -20,3 +20,6 @@ nbdev_test --do_print
 
 echo "== pytest"
 python -m pytest tests -q -p no:cacheprovider
+
+echo "== docs: render every notebook to HTML and check the pages in headless Chromium"
+python tools/check_docs.py --screenshot 20_tutorial_minilm --expect-images 00_scheme=2 20_tutorial_minilm=4
