@@ -29,9 +29,14 @@ NBS = ROOT / "nbs"
 def execute_copy(names, dest: Path, timeout: int = 1200) -> None:
     "Copy `nbs/` to `dest` and execute the notebooks in `names` there, keeping their outputs."
     shutil.copytree(NBS, dest, symlinks=False, dirs_exist_ok=True)
+    # The benchmarks page reads ../bench/results relative to the notebooks, as it does in the repository.
+    shutil.copytree(ROOT / "bench" / "results", dest.parent / "bench" / "results", dirs_exist_ok=True)
     for name in names:
         path = dest / name
         nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:  # nbdev's `#| eval: false` cells are shown but never run, as in nbdev_test
+            if cell.cell_type == "code" and re.search(r"^#\|\s*eval:\s*false", cell.source, re.M):
+                cell.metadata.setdefault("tags", []).append("skip-execution")
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(dest)}}).execute()
         nbformat.write(nb, path)
 

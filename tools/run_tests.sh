@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run every check of the project: install with the dev extras, confirm the package matches the notebooks,
-# run the notebooks as tests, then the pytest suite. Exits non-zero on the first failure.
+# Run every check of the project: install with the dev extras, confirm that the package matches the notebooks, run the
+# notebooks as tests, run the pytest suite, then render the docs pages and check them in Chromium. Stops at the first failure.
+
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
