@@ -6,8 +6,9 @@ Usage (from the repository root):
     python bench/bench_linear.py --quick --out /tmp/linear.json
 
 Every variant is timed in the same loop as the float layer, one call each per round, so a burst of load from other
-processes slows all of them alike. Reported times are medians over the rounds; the ratio is the variant's median over
-the float layer's median for the same shape and batch.
+processes slows all of them alike. Reported times are medians over the rounds, and the ratio is the variant's median
+over the float layer's median for the same shape and batch. Each row records how idle the CPU was before it was timed;
+on a shared machine, `--wait-idle 300` waits for a quiet moment before each batch.
 """
 import argparse
 import datetime
@@ -34,7 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "linear.json"
 # ---------------------------------------------------------------- variants
 # Each factory takes a float nn.Linear and returns (forward callable, bytes of weight data it stores).
 # They call the kernels with codes from scheme.quantize_weight. Once the quantized modules exist, a factory becomes
-# e.g. `module = QuantizedLinear.from_float(linear); return module, weight_bytes(module)`; the timing code stays as it is.
+# e.g. `module = QuantizedLinear.from_float(linear)` returning `module, weight_bytes(...)`, and the timing code stays.
 
 def weight_bytes(*tensors):
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -96,7 +97,8 @@ def torch_int4pack(linear, group_size, dtype):
     weight, scales_and_zeros = kernels.to_torch_int4pack(pack_int4(qw.data), qw.scale, None, linear.in_features,
                                                          group_size, dtype)
     bias = linear.bias.detach().to(dtype)
-    forward = lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(dtype), weight, group_size, scales_and_zeros) + bias
+    matmul = torch.ops.aten._weight_int4pack_mm_for_cpu
+    forward = lambda x: matmul(x.to(dtype), weight, group_size, scales_and_zeros) + bias
     return forward, weight_bytes(weight, scales_and_zeros)
 
 
@@ -125,9 +127,14 @@ BF16_VARIANTS = {
     "bfloat16 nn.Linear": lambda linear: float_layer(linear, torch.bfloat16),
     "int8 weight-only, bf16 in/out": lambda linear: int8_weight_only(linear, torch.bfloat16),
     "int8 torch _weight_int8pack_mm, bf16": lambda linear: torch_int8pack(linear, torch.bfloat16),
-    "int8 torch _weight_int8pack_mm, fp32": lambda linear: torch_int8pack(linear, torch.float32),
     "int4 g128 weight-only, bf16 in/out": lambda linear: int4_weight_only(linear, 128, torch.bfloat16),
     "int4 g128 torch _weight_int4pack_mm, bf16": lambda linear: torch_int4pack(linear, 128, torch.bfloat16),
+}
+# With float32 activations PyTorch's ops took 1.7 to 39 times the float layer's time in earlier runs of this script, so
+# they are timed only on request (--tables fp32-torch).
+FP32_TORCH_VARIANTS = {
+    "float32 nn.Linear": float_layer,
+    "int8 torch _weight_int8pack_mm, fp32": lambda linear: torch_int8pack(linear, torch.float32),
     "int4 g128 torch _weight_int4pack_mm, fp32": lambda linear: torch_int4pack(linear, 128, torch.float32),
 }
 
@@ -223,11 +230,15 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=25, help="timed calls per variant, per shape and batch")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant before timing")
     parser.add_argument("--sweep-batches", default="1,2,4,8,16,32,64", help="batches for the ratio-versus-batch sweep")
-    parser.add_argument("--quick", action="store_true", help="only Linear(4096, 4096), fewer rounds; for a smoke test")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for every variant (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="only Linear(4096, 4096) with 5 rounds, as a smoke test")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every variant (default: torch's choice)")
     parser.add_argument("--wait-idle", type=float, default=0.0,
-                   help="seconds to wait for an idle CPU before each batch of each table (other processes distort timings)")
-    parser.add_argument("--tables", default="main,bf16,sweep,paths", help="tables to run, comma-separated")
+                        help="seconds to wait for an idle CPU before each batch of each table "
+                             "(other processes distort timings)")
+    parser.add_argument("--tables", default="main,bf16,sweep,paths",
+                        help="tables to run, comma-separated, from main, bf16, fp32-torch, sweep, paths")
+    parser.add_argument("--shapes", default="4096x4096,4096x11008", help="in_features x out_features of the main table")
     return parser.parse_args(argv)
 
 
@@ -235,10 +246,14 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = [(4096, 4096)] if args.quick else [(4096, 4096), (4096, 11008)]
+
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+    shapes = shapes[:1] if args.quick else shapes
     rounds = 5 if args.quick else args.rounds
     sweep = [int(b) for b in args.sweep_batches.split(",")]
+    sweep_rounds = max(rounds // 2, 5)
     tables = args.tables.split(",")
+
     load_before = os.getloadavg()
     started = time.time()
     results = []
@@ -246,16 +261,20 @@ def main(argv=None):
         results += run_table(MAIN_VARIANTS, shapes, [1, 32], rounds, args.warmup, "main", args.wait_idle)
     if "bf16" in tables:
         results += run_table(BF16_VARIANTS, shapes[:1], [1, 32], rounds, args.warmup, "bf16", args.wait_idle)
+    if "fp32-torch" in tables:
+        results += run_table(FP32_TORCH_VARIANTS, shapes[:1], [1], rounds, args.warmup, "fp32-torch", args.wait_idle)
     if "sweep" in tables:
-        results += run_table(MAIN_VARIANTS, shapes[:1], sweep, max(rounds // 2, 5), args.warmup, "sweep", args.wait_idle)
+        results += run_table(MAIN_VARIANTS, shapes[:1], sweep, sweep_rounds, args.warmup, "sweep", args.wait_idle)
     if "paths" in tables and kernels.kernel_backend() == "avx2":
-        results += run_table(PATH_VARIANTS, shapes[:1], sweep, max(rounds // 2, 5), args.warmup, "paths", args.wait_idle)
+        results += run_table(PATH_VARIANTS, shapes[:1], sweep, sweep_rounds, args.warmup, "paths", args.wait_idle)
+
     report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
               "machine": machine_info(), "loadavg_before": load_before,
               "loadavg_after": os.getloadavg(), "seconds": round(time.time() - started, 1), "rounds": rounds,
               "timing": "median over round-robin rounds; ratio = variant median / float32 median, same shape and batch",
               "results": results}
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
