@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'SUPPORTED_LAYERS', 'VALID_BITS', 'QUANTIZED_TYPES', 'OBSERVERS', 'model_size', 'LayerRule',
-           'is_quantized_module', 'CalibrationError', 'LayerReport', 'QuantizationInfo', 'dynamic_quantize',
-           'static_quantize', 'QuantizationResult', 'quantize']
+           'is_quantized_module', 'CalibrationError', 'LayerReport', 'QuantizationInfo', 'format_bytes',
+           'dynamic_quantize', 'static_quantize', 'QuantizationResult', 'quantize']
 
 # %% ../nbs/05_quantize.ipynb #bda95181
 def model_size(model:nn.Module, # any module: its parameters and buffers are counted
@@ -502,8 +502,8 @@ class QuantizationInfo:
         return {**asdict(self), "compression_ratio": self.compression_ratio, "sqnr_db": self.sqnr_db}
 
 # %% ../nbs/05_quantize.ipynb #c8032479
-def _format_bytes(n:int) -> str:
-    "Format a byte count with a binary unit."
+def format_bytes(n:int) -> str:
+    "Format a byte count with a binary unit (B, KiB, MiB or GiB); the validation report uses it too."
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB": return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
@@ -518,8 +518,8 @@ def _format_table(rows:list) -> str:
 @patch
 def __repr__(self:QuantizationInfo):
     head = (f"QuantizationInfo: {self.mode} quantization at {self.bits} bits, {len(self.layers)} layer(s) quantized, "
-            f"{len(self.skipped)} skipped\nsize {_format_bytes(self.original_bytes)} -> "
-            f"{_format_bytes(self.quantized_bytes)} ({self.compression_ratio:.2f}x smaller), "
+            f"{len(self.skipped)} skipped\nsize {format_bytes(self.original_bytes)} -> "
+            f"{format_bytes(self.quantized_bytes)} ({self.compression_ratio:.2f}x smaller), "
             f"mean weight SQNR {self.sqnr_db:.1f} dB")
     if self.calibration_batches: head += f", calibrated on {self.calibration_batches} batch(es)"
     rows = [("layer", "type", "quantized as", "bits", "scheme", "granularity", "activations", "params", "SQNR dB", "note")]
@@ -683,7 +683,7 @@ def _quantize_model(model:nn.Module, s:_Settings, calibration_data=None) -> tupl
     warns += _low_sqnr_warning(layers, s.sqnr_threshold)
     if not layers: warns.append(f"no layer was quantized ({len(skipped)} skipped); the skipped layers carry the reasons.")
     logger.info("quantized %d layer(s), skipped %d: %s -> %s", len(layers), len(skipped),
-                _format_bytes(original_bytes), _format_bytes(info.quantized_bytes))
+                format_bytes(original_bytes), format_bytes(info.quantized_bytes))
     _warn(warns)
     return q_model, info
 

@@ -5,7 +5,6 @@
 # %% ../nbs/00_scheme.ipynb #11426307
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -33,7 +32,7 @@ def qrange(bits:int, # integer width: 4 or 8
 SCALE_EPS = torch.finfo(torch.float32).eps  # smallest scale; keeps an all-zero tensor quantizable, as in torch.ao
 
 def _check_finite(t:torch.Tensor, name:str):
-    "Raise `ValueError` if `t` holds NaN or Inf, naming the tensor and the count."
+    "Raise `ValueError` if `t` contains NaN or Inf, naming the tensor and the count."
     bad = (~torch.isfinite(t)).sum().item() if t.is_floating_point() else 0
     if bad:
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf); "

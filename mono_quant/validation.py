@@ -9,14 +9,14 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from .scheme import qrange, quantize_weight, sqnr
-from .quantize import is_quantized_module, model_size
+from .quantize import format_bytes, is_quantized_module, model_size
 
 logger = logging.getLogger(__name__)
 _all_ = ["sqnr", "model_size"]  # re-exported, so validation code can import every metric from this module
@@ -163,13 +163,6 @@ class ModelComparison:
     def __repr__(self) -> str: return _format_comparison(self)
 
 # %% ../nbs/08_validation.ipynb #92d59cc1
-def _format_size(n:int) -> str:
-    "Format a byte count with a binary unit (B, KiB, MiB, GiB), as the quantization report does."
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024: return f"{n} B" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
-
 def _format_comparison(comparison:ModelComparison) -> str:
     "Render the comparison as a fixed-width table followed by the summary lines."
     self = comparison
@@ -179,7 +172,7 @@ def _format_comparison(comparison:ModelComparison) -> str:
         flag = "  < threshold" if r.sqnr_db < self.threshold else ""
         lines.append(f"{r.name:<{width}}  {r.type:<20} {r.bits:>4}  {r.sqnr_db:>9.2f}{flag}")
     lines.append(f"{len(self.layers)} quantized layers, {len(self.below_threshold)} below {self.threshold:g} dB")
-    lines.append(f"size: {_format_size(self.original_bytes)} -> {_format_size(self.quantized_bytes)} "
+    lines.append(f"size: {format_bytes(self.original_bytes)} -> {format_bytes(self.quantized_bytes)} "
                  f"({self.compression_ratio:.2f}x smaller)")
     if self.output_sqnr_db is not None:
         lines.append(f"output: SQNR {self.output_sqnr_db:.2f} dB, cosine similarity mean "

@@ -99,10 +99,12 @@ def main(argv=None) -> int:
     parser.add_argument("--expect-images", nargs="*", default=[], metavar="PAGE=N",
                         help="minimum number of rendered images a page must contain")
     args = parser.parse_args(argv)
+
     install_chromium()
     install_mathjax()
     if not args.skip_build:
         subprocess.run([sys.executable, str(ROOT / "tools" / "docs.py"), "html"], check=True)
+
     expected = dict(item.split("=") for item in args.expect_images)
     failures = []
     with tempfile.TemporaryDirectory(prefix="mono-quant-chromium-") as profile:
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
                 failures.append(f"{page.name}: {total - ok} image(s) did not render")
             if ok < int(expected.get(page.stem, 0)):
                 failures.append(f"{page.name}: expected at least {expected[page.stem]} images, found {ok}")
+
         shots = HTML / "screenshots"
         shots.mkdir(exist_ok=True)
         for name in args.screenshot:
@@ -120,6 +123,7 @@ def main(argv=None) -> int:
             print(f"{name}.png: {ink:.1%} of pixels carry content")
             if ink < 0.01:
                 failures.append(f"{name}.png is blank")
+
     for failure in failures:
         print("FAILED:", failure, file=sys.stderr)
     return 1 if failures else 0
