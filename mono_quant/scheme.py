@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 
 # %% auto #0
-__all__ = ['SUPPORTED_BITS', 'SCALE_EPS', 'FP16_MAX', 'qrange', 'calculate_qparams', 'quantize_codes', 'dequantize_codes',
-           'QuantizedWeight', 'quantize_weight', 'sqnr', 'to_fp16']
+__all__ = ['SUPPORTED_BITS', 'SCALE_EPS', 'CLIP_RATIOS', 'MAX_CLIP_ERROR', 'FP16_MAX', 'qrange', 'calculate_qparams',
+           'quantize_codes', 'dequantize_codes', 'QuantizedWeight', 'quantize_weight', 'sqnr', 'to_fp16']
 
 # %% ../nbs/00_scheme.ipynb #b93448bf
 SUPPORTED_BITS = (4, 8)  # integer widths; 16 means an FP16 cast and has no integer range
@@ -134,32 +134,65 @@ def _check_layout(w:torch.Tensor, axis:Optional[int], group_size:Optional[int]) 
     return axis
 
 # %% ../nbs/00_scheme.ipynb #76d2c37c
-def _minmax(w:torch.Tensor, axis:Optional[int], group_size:Optional[int]):
-    "Reduce `w` to min and max at the requested granularity; shapes follow the scale shapes in the table above."
-    if axis is None: return w.min(), w.max()
-    if group_size is None:
-        rows = w.movedim(axis, 0).reshape(w.shape[axis], -1)  # [C, rest]
-        return rows.min(dim=1).values, rows.max(dim=1).values
+def _group_view(w:torch.Tensor, axis:Optional[int], group_size:Optional[int]) -> torch.Tensor:
+    "View `w` as `[rows, groups, elements]`, one scale per `(row, group)`; the last group is padded with zeros."
+    if axis is None: return w.reshape(1, 1, -1)  # [1, 1, numel]
+    if group_size is None: return w.movedim(axis, 0).reshape(w.shape[axis], 1, -1)  # [C, 1, rest]
     rows = w.reshape(w.shape[0], -1)  # [out, in_flat]
-    pad = -rows.shape[1] % group_size
-    rows = torch.nn.functional.pad(rows, (0, pad))  # [out, n_groups * group_size]; zeros never change a range that includes 0
-    groups = rows.reshape(rows.shape[0], -1, group_size)  # [out, n_groups, group_size]
-    return groups.min(dim=2).values, groups.max(dim=2).values
+    rows = torch.nn.functional.pad(rows, (0, -rows.shape[1] % group_size))  # zeros never change a range that includes 0
+    return rows.reshape(rows.shape[0], -1, group_size)  # [out, n_groups, group_size]
 
+def _qparam_shape(t:torch.Tensor, axis:Optional[int], group_size:Optional[int]) -> torch.Tensor:
+    "Reshape `[rows, groups]` qparams to the shapes of the table: `[]`, `[C]` or `[out, n_groups]`."
+    if axis is None: return t.reshape(())
+    return t.reshape(-1) if group_size is None else t
+
+# %% ../nbs/00_scheme.ipynb #350d6642
+CLIP_RATIOS = (1.0, 0.98, 0.96, 0.94, 0.92)  # range shrink factors tried by the clipping search
+MAX_CLIP_ERROR = 0.08  # the search may move no weight by more than this fraction of its group's largest magnitude
+
+def _search_clip(groups:torch.Tensor, # float32 [rows, n_groups, group_size]
+                 lo:torch.Tensor, hi:torch.Tensor, # [rows, n_groups] min and max of each group
+                 bits:int, symmetric:bool, ratios=CLIP_RATIOS, max_error:float=MAX_CLIP_ERROR):
+    "Per group, the `(scale, zero_point)` of the shrunken range `ratio * [lo, hi]` with the least squared error."
+    qmin, qmax = qrange(bits, symmetric)
+    r = torch.tensor(ratios, dtype=torch.float32).view(-1, 1, 1)  # [n_ratios, 1, 1]
+    scales, zero_points = calculate_qparams(lo * r, hi * r, bits=bits, symmetric=symmetric)  # [n_ratios, rows, n_groups]
+    limit = torch.maximum(-lo, hi) * max_error  # [rows, n_groups]
+    err = torch.empty_like(groups)
+    best = None
+    for scale, zero_point in zip(scales, zero_points):
+        s, z = scale.unsqueeze(-1), zero_point.unsqueeze(-1).float()  # [rows, n_groups, 1]
+        torch.div(groups, s, out=err).round_().add_(z).clamp_(qmin, qmax).sub_(z).mul_(s).sub_(groups).abs_()
+        norm = torch.linalg.vector_norm(err, dim=-1)  # [rows, n_groups]
+        if best is None: best = (norm, scale, zero_point); continue  # the plain range is always allowed
+        better = (norm < best[0]) & (err.amax(dim=-1) <= limit)  # strict: a tie keeps the larger range
+        best = tuple(torch.where(better, new, old) for new, old in zip((norm, scale, zero_point), best))
+    return best[1], best[2]
+
+# %% ../nbs/00_scheme.ipynb #db90567b
 def quantize_weight(w:torch.Tensor, # float tensor, e.g. a Linear weight [out, in] or a conv weight [out, in, kh, kw]
                     bits:int=8, # 4 or 8
                     symmetric:bool=True, # zero_point fixed at 0 if True
                     axis:Optional[int]=0, # channel axis for per-channel scales; None means per-tensor
                     group_size:Optional[int]=None, # consecutive input elements per scale (needs axis=0); None means per-channel
+                    clip_search:Optional[bool]=None, # search a clipping ratio per group; None means only for 4 bits
                    ) -> QuantizedWeight:
     "Quantize `w` to signed `bits`-bit codes at per-tensor, per-channel or per-group granularity."
     if not torch.is_tensor(w) or not w.is_floating_point():
         raise TypeError(f"w must be a floating-point tensor; got {type(w).__name__} {getattr(w, 'dtype', '')}.")
     if w.numel() == 0: raise ValueError(f"w is empty (shape {tuple(w.shape)}); there is nothing to quantize.")
+    if clip_search not in (None, True, False):
+        raise TypeError(f"clip_search must be True, False or None (search for 4 bits only); got {clip_search!r}.")
     axis = _check_layout(w, axis, group_size)
-    _check_finite(w, "w")
     w = w.detach().float()
-    scale, zero_point = calculate_qparams(*_minmax(w, axis, group_size), bits=bits, symmetric=symmetric)
+    groups = _group_view(w, axis, group_size)
+    lo, hi = torch.aminmax(groups, dim=-1)  # [rows, n_groups]; NaN and Inf reach these
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()): _check_finite(w, "w")
+    search = bits == 4 if clip_search is None else clip_search
+    if search: scale, zero_point = _search_clip(groups, lo, hi, bits, symmetric)
+    else: scale, zero_point = calculate_qparams(lo, hi, bits=bits, symmetric=symmetric)
+    scale, zero_point = _qparam_shape(scale, axis, group_size), _qparam_shape(zero_point, axis, group_size)
     s, z = _expand_qparams(scale, zero_point, w.shape, axis, group_size)
     data = quantize_codes(w, s, z, *qrange(bits, symmetric))
     return QuantizedWeight(data, scale, zero_point, bits, symmetric, axis, group_size)
@@ -171,9 +204,11 @@ def sqnr(reference:torch.Tensor, # the float tensor
     "Signal-to-quantization-noise ratio of `approximation` against `reference`, in dB."
     if reference.shape != approximation.shape:
         raise ValueError(f"sqnr needs tensors of one shape; got {tuple(reference.shape)} and {tuple(approximation.shape)}.")
-    ref = reference.detach().double()
-    noise = (ref - approximation.detach().double()).pow(2).sum().item()
-    signal = ref.pow(2).sum().item()
+    dtype = torch.float64 if torch.float64 in (reference.dtype, approximation.dtype) else torch.float32
+    ref = reference.detach().to(dtype)
+    noise = torch.linalg.vector_norm(ref - approximation.detach().to(dtype)).item() ** 2  # one fused pass each
+    signal = torch.linalg.vector_norm(ref).item() ** 2
+    if not math.isfinite(noise + signal): return sqnr(reference.double(), approximation.double())  # float32 overflow
     if noise == 0: return math.inf
     if signal == 0: return -math.inf
     return 10 * math.log10(signal / noise)

@@ -16,14 +16,12 @@ from minilm_data import CALIBRATION_SENTENCES, SENTENCES, embed, load_minilm, me
 from mono_quant.quantize import model_size, quantize  # noqa: E402
 
 # name -> (quantize arguments, lowest accepted mean cosine similarity). Measured on torch 2.13 CPU: 0.99954, 0.99736,
-# 0.99328, 0.95984 and 0.999999; symmetric INT4 with groups of 128 measures 0.9386.
-# NOTE: INT4 takes the asymmetric scheme and a bound of 0.955 because plain min/max group scales reach 0.9598 at best
-# on this model. A clipping search per group (minimum squared error) measured 0.9644 asymmetric and 0.9527 symmetric.
+# 0.99328, 0.96270 and 0.999999. INT4 takes the asymmetric scheme: symmetric INT4 with groups of 128 measures 0.9498.
 CASES = {
     "int8 weight-only": (dict(bits=8), 0.999),
     "int8 dynamic activations": (dict(bits=8, activations="dynamic"), 0.995),
     "int8 static histogram": (dict(bits=8, observer="histogram"), 0.98),
-    "int4 group 128": (dict(bits=4, group_size=128, symmetric=False), 0.955),
+    "int4 group 128": (dict(bits=4, group_size=128, symmetric=False), 0.96),
     "fp16": (dict(bits=16), 0.9999),
 }
 
