@@ -521,7 +521,8 @@ def _quantize_kwargs(args, skip_types:tuple) -> dict:
     "Translate the parsed options into keyword arguments of `mono_quant.quantize.quantize`."
     kwargs = dict(bits=args.bits, symmetric=args.scheme == "symmetric", skip_layer_types=skip_types,
                   skip_layer_names=args.skip_layer_names, modules_to_not_convert=args.modules_to_not_convert or None,
-                  skip_param_threshold=args.skip_param_threshold, sqnr_threshold=args.threshold)
+                  skip_param_threshold=args.skip_param_threshold,
+                  sqnr_threshold=None if args.strict else args.threshold)  # under --strict the error names the layers
     if args.calibration: kwargs["progress"] = progress_enabled()  # quantize notes a progress flag it has no use for
     if args.group_size is not None: kwargs["group_size"] = args.group_size
     if args.observer is not None: kwargs["observer"] = args.observer

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from . import kernels
-from .modules import QuantizedModule, _call_kernel, _check_group_size, _check_input, _check_size, _method_of
+from .modules import (QuantizedModule, _call_kernel, _check_float_layer, _check_group_size, _check_input,
+                                _check_size, _method_of)
 from .scheme import qrange
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,7 @@ def _layer_settings(self) -> dict:
 @classmethod
 def from_float(cls, linear:nn.Linear, group_size:Optional[int]=128, symmetric:bool=True) -> QuantizedLinearInt4:
     "Quantize a trained `nn.Linear` to packed INT4 codes with group-wise scales; no float copy of the weight remains."
-    if not isinstance(linear, nn.Linear):
-        raise TypeError(f"from_float expects an nn.Linear, got {type(linear).__name__}.")
+    _check_float_layer(linear, nn.Linear)
     weight = linear.weight
     module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, symmetric,
                  orig_dtype=weight.dtype, device=weight.device)

@@ -360,6 +360,15 @@ def _check_input(x, layer:str):
         found = x.dtype if torch.is_tensor(x) else type(x).__name__
         raise TypeError(f"{layer} expects a float32, bfloat16 or float16 input, got {found}; cast it, e.g. x.float().")
 
+def _check_float_layer(module, base:type):
+    "Raise `TypeError` unless `module` is exactly a `base` layer, because a subclass may compute something else."
+    if type(module) is base: return
+    if isinstance(module, base):
+        raise TypeError(f"from_float converts exact nn.{base.__name__} layers; got {type(module).__name__}, a subclass. Its own "
+                        "forward, or a parent module that reads its weight directly (as nn.MultiheadAttention does with "
+                        "out_proj), would not run on the quantized layer. Keep it in float; quantize() skips it and reports why.")
+    raise TypeError(f"from_float expects an nn.{base.__name__}, got {type(module).__name__}.")
+
 def _check_size(**sizes):
     "Raise `ValueError` unless every size is a positive int."
     for name, value in sizes.items():
@@ -413,9 +422,8 @@ def _layer_settings(self) -> dict:
 def from_float(cls, linear:nn.Linear,
                        bits:int=8, symmetric:bool=True, per_channel:bool=True, group_size:Optional[int]=None,
                        activations:Optional[str]=None) -> QuantizedLinear:
-    "Quantize a trained `nn.Linear` (or subclass); the result holds no float copy of the weight."
-    if not isinstance(linear, nn.Linear):
-        raise TypeError(f"from_float expects an nn.Linear, got {type(linear).__name__}.")
+    "Quantize a trained `nn.Linear`; the result holds no float copy of the weight."
+    _check_float_layer(linear, nn.Linear)
     weight = linear.weight
     module = cls(linear.in_features, linear.out_features, linear.bias is not None, bits, symmetric, per_channel,
                  group_size, activations, orig_dtype=weight.dtype, device=weight.device)
@@ -485,8 +493,7 @@ def _layer_settings(self) -> dict:
 def from_float(cls, conv:nn.Conv2d, bits:int=8, symmetric:bool=True, per_channel:bool=True,
                group_size:Optional[int]=None, activations:Optional[str]=None) -> QuantizedConv2d:
     "Quantize a trained `nn.Conv2d` with one scale per output channel; the result holds no float copy of the weight."
-    if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"from_float expects an nn.Conv2d, got {type(conv).__name__}.")
+    _check_float_layer(conv, nn.Conv2d)
     weight = conv.weight
     module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                  conv.groups, conv.bias is not None, conv.padding_mode, bits, symmetric, per_channel, group_size,
@@ -511,7 +518,8 @@ def _patches(self, x:torch.Tensor) -> torch.Tensor:
     x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
     cols = F.unfold(x, self.kernel_size, dilation=self.dilation, stride=self.stride)  # [B, C * kh * kw, L]
     batch, _, positions = cols.shape
-    return cols.view(batch, self.groups, -1, positions).transpose(2, 3)  # [B, groups, L, C/groups * kh * kw]
+    width = cols.shape[1] // self.groups  # C/groups * kh * kw, given explicitly because -1 fails on an empty batch
+    return cols.view(batch, self.groups, width, positions).transpose(2, 3)  # [B, groups, L, C/groups * kh * kw]
 
 @_method_of(QuantizedConv2d)
 def _output_size(self, height:int, width:int) -> tuple:
@@ -629,8 +637,7 @@ def _layer_settings(self) -> dict:
 def from_float(cls, embedding:nn.Embedding, bits:int=8, symmetric:bool=True, per_channel:bool=True,
                group_size:Optional[int]=None, activations:Optional[str]=None) -> QuantizedEmbedding:
     "Quantize a trained `nn.Embedding` with one scale per row; the result holds no float copy of the table."
-    if not isinstance(embedding, nn.Embedding):
-        raise TypeError(f"from_float expects an nn.Embedding, got {type(embedding).__name__}.")
+    _check_float_layer(embedding, nn.Embedding)
     weight = embedding.weight
     module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, embedding.max_norm,
                  embedding.norm_type, embedding.scale_grad_by_freq, embedding.sparse, bits, symmetric, per_channel,

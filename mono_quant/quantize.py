@@ -325,6 +325,9 @@ def _plan(model:nn.Module, s:_Settings) -> tuple[list, dict, list]:
         if reasons:
             skipped[name] = "; ".join(reasons)
             continue
+        if module.weight.numel() == 0:
+            skipped[name] = f"empty weight {tuple(module.weight.shape)}; nothing to quantize"
+            continue
         rule = SUPPORTED_LAYERS[type(module)][s.bits]
         _check_weight(name, module, rule.bits)
         activations, notes = _layer_activations(module, rule, s)
@@ -804,4 +807,8 @@ def quantize(model:nn.Module, # float model; copied unless inplace=True
     s = _settings(bits, symmetric, per_channel, group_size, mode, observer, modules_to_not_convert,
                   skip_layer_types, skip_layer_names, skip_param_threshold, inplace, sqnr_threshold, progress)
     if s.static: _check_calibration_data(calibration_data)
-    return QuantizationResult(*_quantize_model(model, s, calibration_data))
+    result = QuantizationResult(*_quantize_model(model, s, calibration_data))
+    if dynamic is True and activations is None:
+        result.info.notes.append("dynamic=True rules out calibration only: weights are quantized and activations stay "
+                                 "float. Pass activations='dynamic' for int8 activations computed at run time.")
+    return result

@@ -12,8 +12,9 @@ from typing import Optional
 import torch
 
 # %% auto #0
-__all__ = ['SUPPORTED_BITS', 'SCALE_EPS', 'CLIP_RATIOS', 'MAX_CLIP_ERROR', 'FP16_MAX', 'qrange', 'calculate_qparams',
-           'quantize_codes', 'dequantize_codes', 'QuantizedWeight', 'quantize_weight', 'sqnr', 'to_fp16']
+__all__ = ['SUPPORTED_BITS', 'SCALE_EPS', 'WEIGHT_SCALE_EPS', 'CLIP_RATIOS', 'MAX_CLIP_ERROR', 'FP16_MAX', 'qrange',
+           'calculate_qparams', 'quantize_codes', 'dequantize_codes', 'QuantizedWeight', 'quantize_weight', 'sqnr',
+           'to_fp16']
 
 # %% ../nbs/00_scheme.ipynb #b93448bf
 SUPPORTED_BITS = (4, 8)  # integer widths; 16 means an FP16 cast and has no integer range
@@ -29,7 +30,8 @@ def qrange(bits:int, # integer width: 4 or 8
     return qmin, qmax
 
 # %% ../nbs/00_scheme.ipynb #b7e1a514
-SCALE_EPS = torch.finfo(torch.float32).eps  # smallest scale; keeps an all-zero tensor quantizable, as in torch.ao
+SCALE_EPS = torch.finfo(torch.float32).eps  # smallest activation scale; keeps an all-zero tensor quantizable, as in torch.ao
+WEIGHT_SCALE_EPS = torch.finfo(torch.float32).tiny  # smallest weight scale: tiny channels keep a grid fitted to them
 
 def _check_finite(t:torch.Tensor, name:str):
     "Raise `ValueError` if `t` contains NaN or Inf, naming the tensor and the count."
@@ -45,6 +47,7 @@ def calculate_qparams(min_val, # observed minimum: a number or a tensor, broadca
                       symmetric:bool=True, # zero_point fixed at 0 if True
                       qmin:Optional[int]=None, # override the integer range, e.g. the full [-128, 127] for a symmetric observer
                       qmax:Optional[int]=None,
+                      eps:float=SCALE_EPS, # smallest scale returned
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     "Compute `(scale, zero_point)` that map `[min_val, max_val]` (widened to include 0) onto the integer grid."
     min_val = torch.as_tensor(min_val, dtype=torch.float32)
@@ -60,10 +63,13 @@ def calculate_qparams(min_val, # observed minimum: a number or a tensor, broadca
     if symmetric:
         # (qmax - qmin) / 2 equals qmax for the restricted range and 127.5 for the full one, as in torch.ao.
         scale = torch.maximum(-min_neg, max_pos) / ((qmax - qmin) / 2)
-        scale = torch.clamp(scale, min=SCALE_EPS)
+        scale = torch.clamp(scale, min=eps)
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
-        scale = torch.clamp((max_pos - min_neg) / float(qmax - qmin), min=SCALE_EPS)
+        scale = (max_pos - min_neg) / float(qmax - qmin)
+        if not torch.isfinite(scale).all():  # the width of a range near the float32 limits overflows float32
+            scale = ((max_pos.double() - min_neg.double()) / float(qmax - qmin)).float()
+        scale = torch.clamp(scale, min=eps)
         zero_point = torch.clamp(qmin - torch.round(min_neg / scale), qmin, qmax).to(torch.int32)
     return scale, zero_point
 
@@ -157,7 +163,8 @@ def _search_clip(groups:torch.Tensor, # float32 [rows, n_groups, group_size]
     "Per group, the `(scale, zero_point)` of the shrunken range `ratio * [lo, hi]` with the least squared error."
     qmin, qmax = qrange(bits, symmetric)
     r = torch.tensor(ratios, dtype=torch.float32).view(-1, 1, 1)  # [n_ratios, 1, 1]
-    scales, zero_points = calculate_qparams(lo * r, hi * r, bits=bits, symmetric=symmetric)  # [n_ratios, rows, n_groups]
+    scales, zero_points = calculate_qparams(lo * r, hi * r, bits=bits, symmetric=symmetric,
+                                            eps=WEIGHT_SCALE_EPS)  # [n_ratios, rows, n_groups]
     limit = torch.maximum(-lo, hi) * max_error  # [rows, n_groups]
     err = torch.empty_like(groups)
     best = None
@@ -191,7 +198,7 @@ def quantize_weight(w:torch.Tensor, # float tensor, e.g. a Linear weight [out, i
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()): _check_finite(w, "w")
     search = bits == 4 if clip_search is None else clip_search
     if search: scale, zero_point = _search_clip(groups, lo, hi, bits, symmetric)
-    else: scale, zero_point = calculate_qparams(lo, hi, bits=bits, symmetric=symmetric)
+    else: scale, zero_point = calculate_qparams(lo, hi, bits=bits, symmetric=symmetric, eps=WEIGHT_SCALE_EPS)
     scale, zero_point = _qparam_shape(scale, axis, group_size), _qparam_shape(zero_point, axis, group_size)
     s, z = _expand_qparams(scale, zero_point, w.shape, axis, group_size)
     data = quantize_codes(w, s, z, *qrange(bits, symmetric))

@@ -82,6 +82,8 @@ def _fsync_folder(folder:Path):
 def _atomic_write(path:Path, write:Callable):
     "Call `write(file)` on a temporary file next to `path`, fsync it and rename it to `path`; remove it on failure."
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it first.")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     # os.open with mode 0o666 lets the umask decide the permissions, as for a file created by open().
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)

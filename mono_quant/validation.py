@@ -60,6 +60,9 @@ def layer_sqnr(float_model:nn.Module, # the original model
             raise ValueError(f"q_model has a quantized layer {name!r} but float_model has no layer of that name with a "
                              "weight; pass the float model that q_model was made from.")
         approx = module.dequantize_weight(torch.float32)
+        if ref.shape != approx.shape:
+            raise ValueError(f"layer {name!r} has a float weight of shape {tuple(ref.shape)} but a quantized weight of shape "
+                             f"{tuple(approx.shape)}; pass the float model that q_model was made from.")
         rows.append(LayerSQNR(name, type(module).__name__, module.quant_metadata()["bits"], sqnr(ref.float(), approx)))
     return rows
 
@@ -122,13 +125,20 @@ def output_agreement(reference:list[torch.Tensor], # float model outputs, one te
                      approximation:list[torch.Tensor], # quantized model outputs, same shapes
                     ) -> dict:
     "Return the SQNR (dB) and the mean and min cosine similarity of `approximation` against `reference`."
+    if len(reference) != len(approximation) or not reference:
+        raise ValueError(f"got {len(reference)} float and {len(approximation)} quantized outputs; pass one output of each "
+                         "model per batch, for at least one batch.")
     for i, (a, b) in enumerate(zip(reference, approximation)):
         if a.shape != b.shape:
             raise ValueError(f"batch {i}: float output has shape {tuple(a.shape)} but quantized output has "
                              f"{tuple(b.shape)}; both models must return outputs of one shape.")
     ref = torch.cat([a.reshape(-1, a.shape[-1] if a.ndim else 1) for a in reference])  # [vectors, last dim]
     approx = torch.cat([b.reshape(-1, b.shape[-1] if b.ndim else 1) for b in approximation])  # [vectors, last dim]
+    if ref.numel() == 0:
+        raise ValueError(f"the outputs have no elements (shapes {[tuple(a.shape) for a in reference]}); compare on "
+                         "batches that produce output.")
     cos = torch.nn.functional.cosine_similarity(ref.double(), approx.double(), dim=-1)  # [vectors]
+    cos = torch.where((ref == approx).all(dim=-1), 1.0, cos)  # equal vectors agree, also where both are all zeros
     return {"sqnr_db": sqnr(ref, approx), "cosine_similarity": cos.mean().item(),
             "min_cosine_similarity": cos.min().item()}
 
@@ -264,6 +274,9 @@ def _float_weight(layer) -> torch.Tensor:
 def _reference_quantization(w:torch.Tensor, q_layer, bits:int, symmetric:bool, group_size:Optional[int]) -> dict:
     "Dequantized weight, scale, zero_point and settings, from `q_layer` if given, else by quantizing `w` per channel."
     if q_layer is not None:
+        if not is_quantized_module(q_layer):
+            raise TypeError(f"q_layer must be a mono-quant quantized layer, got {type(q_layer).__name__}; pass the layer "
+                            "quantize() made from `layer`, or q_layer=None to quantize `layer` with bits and symmetric.")
         meta = q_layer.quant_metadata()
         bits, symmetric, group_size = meta["bits"], meta["symmetric"], meta.get("group_size")
         w_hat = q_layer.dequantize_weight(torch.float32)
