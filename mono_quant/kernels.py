@@ -20,7 +20,7 @@ from .scheme import SCALE_EPS, dequantize_codes, qrange
 
 # %% auto #0
 __all__ = ['logger', 'KERNELS_ENV', 'CACHE_DIR_ENV', 'FLOAT_INPUT_DTYPES', 'kernel_backend', 'linear_int8', 'linear_int4',
-           'linear_int8_dynamic', 'linear_int8_static', 'to_torch_int4pack']
+           'linear_fp16', 'linear_int8_dynamic', 'linear_int8_static', 'to_torch_int4pack']
 
 # %% ../nbs/01_kernels.ipynb #eef71c8d
 logger = logging.getLogger(__name__)
@@ -108,6 +108,21 @@ struct Int8Codes {
   float at(int j, int64_t k) const { return (float)q[j * ld + k]; }
   void prefetch(int j, int64_t k) const {  // the cache line 2 KiB ahead, once per 64 codes
     if ((k & 63) == 0) prefetch_line(q + j * ld + k + 2048);
+  }
+};
+
+// FP16 weights: F16C widens 8 halves to 8 floats in one instruction, and the scale is 1.
+struct Fp16Codes {
+  static constexpr int kOffset = 0;
+  const uint16_t* q; int64_t ld;  // ld = in_features
+  Fp16Codes rows_from(int64_t n) const { return {q + n * ld, ld}; }
+  void load16(int j, int64_t k, __m256& a, __m256& b) const {
+    a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(q + j * ld + k)));
+    b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(q + j * ld + k + 8)));
+  }
+  float at(int j, int64_t k) const { return _cvtsh_ss(q[j * ld + k]); }
+  void prefetch(int j, int64_t k) const {  // the cache line 2 KiB ahead, once per 32 weights
+    if ((k & 31) == 0) prefetch_line(q + j * ld + k + 1024);
   }
 };
 
@@ -553,6 +568,15 @@ at::Tensor int8_weight_only(const at::Tensor& x, const at::Tensor& qweight, cons
   return weight_only(x, codes, qp, qweight.size(0), bias, path, block_rows, false);
 }
 
+at::Tensor fp16_weight_only(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& ones,
+                            const c10::optional<at::Tensor>& bias, int64_t path, int64_t block_rows) {
+  TORCH_CHECK(weight.scalar_type() == at::kHalf && weight.is_contiguous() && weight.size(1) == x.size(1),
+              "weight must be contiguous float16 [N, K]");
+  const Fp16Codes codes{reinterpret_cast<const uint16_t*>(weight.data_ptr<at::Half>()), weight.size(1)};
+  const QParams qp = make_qparams(ones, c10::nullopt, weight.size(1));
+  return weight_only(x, codes, qp, weight.size(0), bias, path, block_rows, false);
+}
+
 at::Tensor int4_weight_only(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                             const c10::optional<at::Tensor>& zero_point, const c10::optional<at::Tensor>& bias,
                             int64_t group_size, int64_t path, int64_t block_rows) {
@@ -751,6 +775,8 @@ TORCH_LIBRARY(MQ_NAMESPACE, m) {
         "int path, int block_rows) -> Tensor", &int8_weight_only);
   m.def("int4_weight_only(Tensor x, Tensor packed, Tensor scale, Tensor? zero_point, Tensor? bias, int group_size, "
         "int path, int block_rows) -> Tensor", &int4_weight_only);
+  m.def("fp16_weight_only(Tensor x, Tensor weight, Tensor ones, Tensor? bias, int path, int block_rows) -> Tensor",
+        &fp16_weight_only);
   m.def("int8_act_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? zero_point, Tensor? bias, float act_scale, "
         "int act_zero_point, int act_qmin, int act_qmax) -> Tensor", &int8_act_int8);
 }
@@ -1012,6 +1038,26 @@ def linear_int4(x:torch.Tensor, # activations [..., K]: float32, bfloat16 or flo
         b = None if bias is None else bias.float().contiguous()
         y = ops.int4_weight_only(rows, packed.contiguous(), scale, zero_point, b, group,
                                  _weight_only_path(rows.shape[0]), _block_rows(in_features))
+    return _output(y, x)
+
+# %% ../nbs/01_kernels.ipynb #fe507f1b
+def linear_fp16(x:torch.Tensor, # activations [..., K]: float32, bfloat16 or float16
+                weight:torch.Tensor, # float16 [N, K]
+                bias:Optional[torch.Tensor]=None, # float [N]
+               ) -> torch.Tensor:
+    "Compute `x @ weightᵀ + bias` from a float16 weight, widening it in registers on the kernel path."
+    _check_codes(weight, torch.float16, "weight", "linear_fp16")
+    out_features, in_features = weight.shape
+    _check_input(x, in_features, "linear_fp16")
+    _check_bias(bias, out_features, "linear_fp16")
+    rows, ops = _rows(x), _kernel_for(x, bias)
+    if ops is None:
+        y = torch.nn.functional.linear(rows, weight.float(), None if bias is None else bias.float())
+    else:
+        b = None if bias is None else bias.float().contiguous()
+        ones = torch.ones(out_features, 1)  # [N, 1]: one group per row, scale 1
+        y = ops.fp16_weight_only(rows, weight.contiguous(), ones, b, _weight_only_path(rows.shape[0]),
+                                 _block_rows(in_features))
     return _output(y, x)
 
 # %% ../nbs/01_kernels.ipynb #57c1cc4b

@@ -446,7 +446,7 @@ def forward(self, x:torch.Tensor) -> torch.Tensor:
     "Compute $x \\hat W^\\top + b$ in the dtype of `x`."
     _check_input(x, "QuantizedLinear")
     if self.bits == 16:
-        return F.linear(x, self.qweight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return _call_kernel(kernels.linear_fp16, x, self.qweight, self.bias)
     scale, zero_point = self._channel_qparams(self.out_features)
     if self.activations is None:
         return _call_kernel(kernels.linear_int8, x, self.qweight, scale, zero_point, self.bias, group_size=self.group_size)
