@@ -23,4 +23,4 @@ echo "== pytest"
 python -m pytest tests -q -p no:cacheprovider
 
 echo "== docs: render every notebook to HTML and check the pages in headless Chromium"
-python tools/check_docs.py --screenshot 20_tutorial_minilm --expect-images 00_scheme=2 04_observers=2 20_tutorial_minilm=3 30_benchmarks=1
+python tools/check_docs.py --screenshot 20_tutorial_minilm --expect-images 00_scheme=3 01_kernels=1 03_int4=1 04_observers=2 20_tutorial_minilm=3 30_benchmarks=1
