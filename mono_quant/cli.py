@@ -52,6 +52,14 @@ EXIT_CODES_HELP = """exit codes:
   5  I/O error (file missing, unreadable or corrupt, output not writable)"""
 
 # %% ../nbs/10_cli.ipynb #a7136cfc
+def _finite_float(text:str) -> float:
+    "argparse type for thresholds: a finite number, so that NaN cannot switch a check off."
+    try: value = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number; pass a threshold in dB such as 20")
+    return value
+
 class _Parser(argparse.ArgumentParser):
     "An ArgumentParser whose usage errors raise `CLIError` instead of printing usage and exiting."
     def error(self, message:str):
@@ -106,7 +114,7 @@ def _add_quantize(commands):
                      "metadata, loaded with mono_quant (default)")
     p.add_argument("--output", "-o", metavar="PATH", help="output file (default: derived from --model, e.g. model-int8.safetensors)")
     p.add_argument("--strict", action="store_true", help="exit with code 4, without saving, if a layer's SQNR is below --threshold")
-    p.add_argument("--threshold", type=float, default=20.0, metavar="DB", help="per-layer weight SQNR threshold in dB (default: 20)")
+    p.add_argument("--threshold", type=_finite_float, default=20.0, metavar="DB", help="per-layer weight SQNR threshold in dB (default: 20)")
 
     p.add_argument("--allow-pickle", action="store_true", help="allow unpickling a .pt file that contains a whole nn.Module; "
                    "this runs code from the file, so use it only for files you trust")
@@ -130,7 +138,7 @@ def _add_inspection(commands):
     p.add_argument("--sentences", metavar="FILE", help="text file, one sentence per line, run through both models "
                    "(Hugging Face reference with a tokenizer)")
     p.add_argument("--strict", action="store_true", help="exit with code 4 if a layer's SQNR is below --threshold")
-    p.add_argument("--threshold", type=float, default=20.0, metavar="DB", help="per-layer weight SQNR threshold in dB (default: 20)")
+    p.add_argument("--threshold", type=_finite_float, default=20.0, metavar="DB", help="per-layer weight SQNR threshold in dB (default: 20)")
     p.add_argument("--allow-pickle", action="store_true", help="allow unpickling a .pt reference that contains a whole nn.Module")
     p.set_defaults(func=cmd_validate)
 
@@ -763,6 +771,8 @@ def cmd_info(args) -> int:
     elif kind == "safetensors":
         metadata, shapes = _safetensors_header(args.path)
         lines = _describe_tensors(shapes, metadata, args.path)
+        if "sha256" in metadata:  # reading every tensor to check it would make info as slow as a load
+            lines.append("integrity: not checked (header only); load_model and `monoquant validate` check the sha256")
     else: lines = _describe_torch(args.path, args.allow_pickle)
     print("\n".join([str(args.path)] + lines))
     return ExitCode.OK

@@ -116,7 +116,7 @@ def _check_bool(name:str, value, allow_none:bool=False):
 # %% ../nbs/05_quantize.ipynb #88c69abb
 def _check_bits(bits):
     "Raise `ValueError` unless `bits` is 4, 8 or 16."
-    if isinstance(bits, bool) or bits not in VALID_BITS:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in VALID_BITS:
         raise ValueError(f"bits={bits!r} is not supported; use one of {VALID_BITS}: 8 for INT8, "
                          "4 for INT4 group-wise Linear weights, 16 for FP16.")
 
@@ -580,20 +580,29 @@ def _calibrate_layers(model:nn.Module, planned:list, data, s:_Settings) -> tuple
     observers = {p.name: _make_observer(s.observer) for p in planned if p.activations == "static"}
     ran, empty, counts = _calibrate(model, observers, data, s.progress)
     notes = [f"skipped {len(empty)} empty calibration batch(es) at index {empty}"] if empty else []
-    qparams, unreached = {}, []
+    qparams, unreached, nonfinite = {}, [], []
     for p in planned:
         if p.name not in observers: continue
         if not observers[p.name].has_data:
             p.activations = None
-            p.notes.append("never reached by the calibration data; weights only")
-            unreached.append(p.name)
+            seen_only_bad = counts.get(p.name, 0) > 0
+            p.notes.append("saw only non-finite calibration values; weights only" if seen_only_bad
+                           else "never reached by the calibration data; weights only")
+            (nonfinite if seen_only_bad else unreached).append(p.name)
             continue
         scale, zero_point = observers[p.name].calculate_qparams()
         qparams[p.name] = (scale.clone(), zero_point.clone())  # clone outside inference mode: a normal tensor
+    if observers and not qparams:
+        raise CalibrationError(f"no layer got a usable activation range from {ran} calibration batch(es): "
+                               f"{len(nonfinite)} saw only NaN or Inf inputs and {len(unreached)} were never reached. "
+                               "Pass finite batches that run through the model, or use dynamic quantization.")
     warns = _nonfinite_warning(counts)
     if unreached:
         warns.append(f"{len(unreached)} layer(s) never ran during calibration and keep float activations: "
                      f"{', '.join(unreached)}. Add calibration batches that reach them.")
+    if nonfinite:
+        warns.append(f"{len(nonfinite)} layer(s) saw only NaN or Inf calibration inputs and keep float activations: "
+                     f"{', '.join(nonfinite)}. Add batches with finite values.")
     return qparams, ran, notes, warns
 
 # %% ../nbs/05_quantize.ipynb #1593ab96
@@ -630,8 +639,9 @@ def _low_sqnr_warning(layers:list, threshold:Optional[float]) -> list:
     if not low: return []
     names = ", ".join(f"{l.name} ({l.sqnr_db:.1f} dB)" for l in low[:10])
     if len(low) > 10: names += f" and {len(low) - 10} more (see the report)"
+    int4 = "; at 4 bits, symmetric=False or a smaller group_size also helps" if any(l.bits == 4 for l in low) else ""
     return [f"{len(low)} layer(s) have a weight SQNR below sqnr_threshold={threshold} dB: {names}. Keep them in float "
-            f"with skip_layer_names=[...], or use more bits (bits=8 instead of 4, or bits=16)."]
+            f"with skip_layer_names=[...], or use more bits (bits=8 instead of 4, or bits=16){int4}."]
 
 # %% ../nbs/05_quantize.ipynb #a7955240
 def _tie_notes(groups:list, built:dict, float_aliases:dict, planned:list) -> list:
@@ -757,9 +767,10 @@ class QuantizationResult:
 
     def __repr__(self): return f"QuantizationResult(model={type(self.model).__name__})\n{self.info!r}"
 
-    def save(self, path, native:bool=True):
-        "Save the quantized model with `mono_quant.serialization.save_model`."
+    def save(self, path, native:bool=False):
+        "Save with `mono_quant.serialization.save_model`: compact codes by default, or float weights with `native=True`."
         from mono_quant.serialization import save_model  # serialization is built on this module, so import it late
+        _check_bool("native", native)
         return save_model(self.model, path, native=native)
 
 # %% ../nbs/05_quantize.ipynb #b3ca4ab1

@@ -84,9 +84,14 @@ def _atomic_write(path:Path, write:Callable):
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it first.")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; pass a file path such as {path / 'model.safetensors'}.")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # os.open with mode 0o666 lets the umask decide the permissions, as for a file created by open().
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:  # os.open with mode 0o666 lets the umask decide the permissions, as for a file created by open()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except PermissionError as e:
+        raise PermissionError(f"cannot write {path}: no permission to create files in {path.parent}; choose another "
+                              "folder.") from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -270,6 +270,26 @@ def test_cli_quantize_option_checks(cli_files, capsys):
     assert_cli_error(run_cli(capsys, "quantize", "--model", cnn, "--batch-size", "0"), 2, "--batch-size 0 is invalid")
 
 
+def test_cli_threshold_must_be_finite(cli_files, capsys):
+    cnn, compact = cli_files["cnn"], cli_files["compact"]
+    for value in ("nan", "inf", "-inf"):
+        assert_cli_error(run_cli(capsys, "quantize", "--model", cnn, "--strict", f"--threshold={value}"), 2,
+                         "is not a finite number")
+        assert_cli_error(run_cli(capsys, "validate", compact, "--reference", cnn, "--strict", f"--threshold={value}"), 2,
+                         "is not a finite number")
+
+
+def test_bits_and_native_reject_other_types():
+    model = mlp()
+    for bits in (8.0, "8", True):
+        with pytest.raises(ValueError, match="is not supported"):
+            quiet(quantize, model, bits=bits)
+    result = quiet(quantize, model)
+    for native in ("False", None, 0):
+        with pytest.raises(TypeError, match="native="):
+            result.save("unused.safetensors", native=native)
+
+
 def test_cli_quantize_strict_saves_nothing(cli_files, capsys):
     output = cli_files["work"] / "strict.safetensors"
     result = run_cli(capsys, "quantize", "--model", cli_files["cnn"], "--allow-pickle", "--strict", "--threshold", "99",

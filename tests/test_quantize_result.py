@@ -21,9 +21,19 @@ def test_result_save_compact_round_trip(tmp_path):
         assert torch.equal(loaded(x), result.model(x))
 
 
+def test_result_save_defaults_to_compact(tmp_path):
+    from safetensors import safe_open
+    result = quantize(small_mlp())
+    path = result.save(tmp_path / "mlp.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["layout"] == "compact"
+        assert f.get_slice("0.qweight").get_dtype() == "I8"
+    assert isinstance(load_model(path, small_mlp(seed=1))[0], QuantizedLinear)
+
+
 def test_result_save_native_loads_into_float_model(tmp_path):
     result = quantize(small_mlp(), bits=4, group_size=8)
-    path = result.save(tmp_path / "mlp.safetensors")
+    path = result.save(tmp_path / "mlp.safetensors", native=True)
     loaded = load_model(path, small_mlp(seed=1))
     assert type(loaded[0]) is nn.Linear
     expected = result.model[0].dequantize_weight(torch.float32)

@@ -113,7 +113,7 @@ def test_compact_meta_skeleton(result, config, batch, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_native_round_trip(result, native_model, skeleton, batch, tmp_path, suffix):
-    path = result.save(tmp_path / f"minilm{suffix}")
+    path = result.save(tmp_path / f"minilm{suffix}", native=True)
     expected = embed(native_model, batch)
     plain = copy.deepcopy(skeleton)
     state = safetensors.torch.load_file(path) if suffix == ".safetensors" else torch.load(path, weights_only=True)
