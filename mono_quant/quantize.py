@@ -675,7 +675,7 @@ def _replace_layers(model:nn.Module, planned:list, s:_Settings, qparams:dict) ->
     return model, layers, built
 
 # %% ../nbs/05_quantize.ipynb #066fb362
-def _quantize_model(model:nn.Module, s:_Settings, calibration_data=None) -> tuple[nn.Module, QuantizationInfo]:
+def _quantize_steps(model:nn.Module, s:_Settings, calibration_data=None) -> tuple[nn.Module, QuantizationInfo]:
     "Quantize `model` with validated settings: copy, walk, calibrate, swap and report."
     original_bytes = model_size(model)
     q_model = model if s.inplace else _copy_model(model)
@@ -699,6 +699,16 @@ def _quantize_model(model:nn.Module, s:_Settings, calibration_data=None) -> tupl
                 format_bytes(original_bytes), format_bytes(info.quantized_bytes))
     _warn(warns)
     return q_model, info
+
+def _quantize_model(model:nn.Module, s:_Settings, calibration_data=None) -> tuple[nn.Module, QuantizationInfo]:
+    "Run `_quantize_steps`; if an in-place run fails, give every module of `model` back its train or eval mode."
+    modes = [(module, module.training) for module in model.modules()] if s.inplace else []
+    try:
+        return _quantize_steps(model, s, calibration_data)
+    except BaseException:
+        for module, training in modes: module.training = training
+        raise
+
 
 # %% ../nbs/05_quantize.ipynb #a7107968
 def _check_model(model):

@@ -432,3 +432,10 @@ def test_cli_unexpected_errors(cli_files, capsys, monkeypatch, error, code, frag
     def fail(args): raise error
     monkeypatch.setattr(cli, "cmd_compare", fail)
     assert_cli_error(run_cli(capsys, "compare", cli_files["cnn"], cli_files["compact"]), code, fragment)
+
+
+def test_failed_inplace_run_keeps_train_mode():
+    model = mlp().train()
+    with pytest.raises(Exception, match="calibration"):
+        quiet(quantize, model, calibration_data=[torch.randn(2, 9)], inplace=True)  # wrong input width
+    assert all(module.training for module in model.modules())
