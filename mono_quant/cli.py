@@ -690,6 +690,10 @@ def quantize_state_dict(args, output:Path, skip_types:tuple, state:Optional[dict
         original_bytes = _header_bytes(_safetensors_header(source)[1])
     print(report)
     print(ModelComparison(rows, original_bytes, _header_bytes(_safetensors_header(output)[1]), args.threshold))
+    if not rows:
+        print(f"monoquant: warning: no tensor of {args.model} was quantized: a bare state_dict quantizes only 2-D "
+              "float tensors named *.weight (Linear and Embedding weights); the output holds the original tensors.",
+              file=sys.stderr)
     if args.strict and any(r.sqnr_db < args.threshold for r in rows):
         output.unlink(missing_ok=True)
         _strict_check(rows, args.threshold, f"{output} was removed")

@@ -439,3 +439,13 @@ def test_failed_inplace_run_keeps_train_mode():
     with pytest.raises(Exception, match="calibration"):
         quiet(quantize, model, calibration_data=[torch.randn(2, 9)], inplace=True)  # wrong input width
     assert all(module.training for module in model.modules())
+
+
+def test_cli_warns_when_a_state_dict_has_nothing_to_quantize(tmp_path, capsys):
+    from safetensors.torch import save_file
+    source = tmp_path / "tiny.safetensors"
+    save_file({"scale": torch.randn(4), "head.bias": torch.randn(3)}, str(source))
+    code, out, err = run_cli(capsys, "quantize", "--model", source, "--output", tmp_path / "tiny-q.safetensors")
+    assert code == 0, err
+    assert "monoquant: warning: no tensor of" in err, err
+    assert "0 layers quantized" in out, out
