@@ -441,7 +441,7 @@ def test_failed_inplace_run_keeps_train_mode():
     assert all(module.training for module in model.modules())
 
 
-def test_cli_warns_when_a_state_dict_has_nothing_to_quantize(tmp_path, capsys):
+def test_cli_empty_state_dict_warns(tmp_path, capsys):
     from safetensors.torch import save_file
     source = tmp_path / "tiny.safetensors"
     save_file({"scale": torch.randn(4), "head.bias": torch.randn(3)}, str(source))
