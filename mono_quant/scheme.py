@@ -30,8 +30,8 @@ def qrange(bits:int, # integer width: 4 or 8
     return qmin, qmax
 
 # %% ../nbs/00_scheme.ipynb #b7e1a514
-SCALE_EPS = torch.finfo(torch.float32).eps  # smallest activation scale; keeps an all-zero tensor quantizable, as in torch.ao
-WEIGHT_SCALE_EPS = torch.finfo(torch.float32).tiny  # smallest weight scale: tiny channels keep a grid fitted to them
+SCALE_EPS = torch.finfo(torch.float32).eps  # smallest activation scale, so an all-zero tensor stays quantizable (as in torch.ao)
+WEIGHT_SCALE_EPS = torch.finfo(torch.float32).tiny  # smallest weight scale, so tiny channels keep a grid fitted to them
 
 def _check_finite(t:torch.Tensor, name:str):
     "Raise `ValueError` if `t` contains NaN or Inf, naming the tensor and the count."
@@ -194,7 +194,7 @@ def quantize_weight(w:torch.Tensor, # float tensor, e.g. a Linear weight [out, i
     axis = _check_layout(w, axis, group_size)
     w = w.detach().float()
     groups = _group_view(w, axis, group_size)
-    lo, hi = torch.aminmax(groups, dim=-1)  # [rows, n_groups]; NaN and Inf reach these
+    lo, hi = torch.aminmax(groups, dim=-1)  # [rows, n_groups]. Any NaN or Inf of a group propagates into these.
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()): _check_finite(w, "w")
     search = bits == 4 if clip_search is None else clip_search
     if search: scale, zero_point = _search_clip(groups, lo, hi, bits, symmetric)
@@ -215,7 +215,8 @@ def sqnr(reference:torch.Tensor, # the float tensor
     ref = reference.detach().to(dtype)
     noise = torch.linalg.vector_norm(ref - approximation.detach().to(dtype)).item() ** 2  # one fused pass each
     signal = torch.linalg.vector_norm(ref).item() ** 2
-    if not math.isfinite(noise + signal): return sqnr(reference.double(), approximation.double())  # float32 overflow
+    if dtype == torch.float32 and not math.isfinite(noise + signal):  # overflow, or a NaN that float64 keeps as NaN
+        return sqnr(reference.double(), approximation.double())
     if noise == 0: return math.inf
     if signal == 0: return -math.inf
     return 10 * math.log10(signal / noise)
