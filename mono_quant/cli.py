@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import enum
 import logging
+import math
 import os
 import re
 import sys
@@ -56,7 +57,7 @@ def _finite_float(text:str) -> float:
     "argparse type for thresholds: a finite number, so that NaN cannot switch a check off."
     try: value = float(text)
     except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text} is not a finite number; pass a threshold in dB such as 20")
     return value
 

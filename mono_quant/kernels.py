@@ -12,6 +12,7 @@ import platform
 import sys
 import threading
 import time
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -1041,6 +1042,11 @@ def linear_int4(x:torch.Tensor, # activations [..., K]: float32, bfloat16 or flo
     return _output(y, x)
 
 # %% ../nbs/01_kernels.ipynb #fe507f1b
+@lru_cache(maxsize=64)
+def _unit_scale(out_features:int) -> torch.Tensor:
+    "Return a shared `[N, 1]` tensor of ones: the per-row scale of an FP16 weight, built once per width."
+    return torch.ones(out_features, 1)
+
 def linear_fp16(x:torch.Tensor, # activations [..., K]: float32, bfloat16 or float16
                 weight:torch.Tensor, # float16 [N, K]
                 bias:Optional[torch.Tensor]=None, # float [N]
@@ -1055,9 +1061,8 @@ def linear_fp16(x:torch.Tensor, # activations [..., K]: float32, bfloat16 or flo
         y = torch.nn.functional.linear(rows, weight.float(), None if bias is None else bias.float())
     else:
         b = None if bias is None else bias.float().contiguous()
-        ones = torch.ones(out_features, 1)  # [N, 1]: one group per row, scale 1
-        y = ops.fp16_weight_only(rows, weight.contiguous(), ones, b, _weight_only_path(rows.shape[0]),
-                                 _block_rows(in_features))
+        path = _weight_only_path(rows.shape[0])
+        y = ops.fp16_weight_only(rows, weight.contiguous(), _unit_scale(out_features), b, path, _block_rows(in_features))
     return _output(y, x)
 
 # %% ../nbs/01_kernels.ipynb #57c1cc4b

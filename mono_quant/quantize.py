@@ -780,7 +780,6 @@ class QuantizationResult:
     def save(self, path, native:bool=False):
         "Save with `mono_quant.serialization.save_model`: compact codes by default, or float weights with `native=True`."
         from mono_quant.serialization import save_model  # serialization is built on this module, so import it late
-        _check_bool("native", native)
         return save_model(self.model, path, native=native)
 
 # %% ../nbs/05_quantize.ipynb #b3ca4ab1

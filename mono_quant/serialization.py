@@ -29,7 +29,7 @@ from torch import nn
 
 import mono_quant
 from . import kernels
-from .quantize import SUPPORTED_LAYERS, is_quantized_module
+from .quantize import SUPPORTED_LAYERS, _check_bool, is_quantized_module
 
 logger = logging.getLogger(__name__)
 
@@ -403,6 +403,7 @@ def save_model(model:nn.Module, # a quantized or float model; it is not modified
     "Write `model` to `path` atomically, as a float state dict (`native=True`) or in the compact quantized layout."
     path = Path(path)
     container = _container(path)
+    _check_bool("native", native)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}; for a QuantizationResult call result.save(path).")
     tensors, aliases, metadata, overlapping = _file_contents(model, native, path)
