@@ -241,7 +241,10 @@ static float gemv_row_chunked(const float* x, const float* xsum, const Codes& c,
 
 # %% ../nbs/01_kernels.ipynb #bdfba896
 _CPP_GEMV_INT4 = r"""
-static constexpr int kInt4FloatOffset = 24;  // the kernel multiplies x by (q + 24) / 2 = 8 + u / 2
+// A 32-bit lane holding the 16-bit words 0x41 | u_hi << 3 (upper) and 0x41 | u_lo << 3 (lower) is the float
+// 8 + 65 / 4096 + u_hi / 2 + u_lo / 2^17 exactly. kInt4LaneOffset is twice the constant part.
+static constexpr float kInt4LaneOffset = 16.f + 65.f / 2048.f;
+static constexpr double kInt4Leak = 1.0 / 65536.0;  // weight of the lower word's nibble relative to the upper's
 
 // Inputs of a 64-code block in the order gemv_int4_row64 produces them: float vector f (0..7), lane 4 * half + t.
 static int64_t int4_block64_input(int f, int lane) {
@@ -250,61 +253,74 @@ static int64_t int4_block64_input(int f, int lane) {
   return 2 * byte + (f >= 4 ? 1 : 0);
 }
 
-static void permute_x64(const float* x, int64_t K, float* out) {
-  std::memcpy(out, x, K * sizeof(float));
+// The multipliers of the 64-code blocks of one row of x, and their sums per group (ysum). Vector 2h carries the
+// lower word's code as its main term and the upper word's as a leak of 2^-16, vector 2h + 1 the reverse, so
+// y_lo + leak * y_hi = x_lo and y_hi + leak * y_lo = x_hi make every code meet exactly its own input.
+static void prepare_x64(const float* x, int64_t K, int64_t g, int64_t G, float* y, float* ysum) {
+  std::fill(ysum, ysum + G, 0.f);
+  const double det = 1.0 - kInt4Leak * kInt4Leak;
   for (int64_t k = 0; k + 64 <= K; k += 64)
-    for (int f = 0; f < 8; ++f)
-      for (int lane = 0; lane < 8; ++lane) out[k + 8 * f + lane] = x[k + int4_block64_input(f, lane)];
+    for (int h = 0; h < 4; ++h)
+      for (int lane = 0; lane < 8; ++lane) {
+        const double lo = x[k + int4_block64_input(2 * h, lane)], hi = x[k + int4_block64_input(2 * h + 1, lane)];
+        const float y_lo = (float)((lo - kInt4Leak * hi) / det), y_hi = (float)((hi - kInt4Leak * lo) / det);
+        y[k + 16 * h + lane] = y_lo;
+        y[k + 16 * h + 8 + lane] = y_hi;
+        const int64_t gi = G == 1 ? 0 : (g == 32 ? 2 * (k / 64) + lane / 4 : k / g);
+        ysum[gi] += y_lo + y_hi;
+      }
 }
 
-// Adds x . f for one block of 64 codes (32 bytes) to the four accumulators, f = 8 + u / 2 built from bits.
-static inline void int4_block64(const uint8_t* p, const float* xp, __m256 acc[4]) {
+// Adds y . f for one block of 64 codes (32 bytes) to the four accumulators, with the lanes f built from bits.
+static inline void int4_block64(const uint8_t* p, const float* yp, __m256 acc[4]) {
   const __m256i mask78 = _mm256_set1_epi8(0x78), exponent = _mm256_set1_epi8(0x41);
-  const __m256i upper = _mm256_set1_epi32((int)0xFFFF0000u);
+  const __m256i swap_words = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13,
+                                              2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
   const __m256i v = _mm256_loadu_si256((const __m256i*)p);
   const __m256i lo = _mm256_and_si256(_mm256_slli_epi16(v, 3), mask78);  // u << 3 of the even inputs, per byte
   const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 1), mask78);  // u << 3 of the odd inputs
-  const __m256i halves[4] = {_mm256_unpacklo_epi8(lo, exponent), _mm256_unpackhi_epi8(lo, exponent),
-                             _mm256_unpacklo_epi8(hi, exponent), _mm256_unpackhi_epi8(hi, exponent)};
+  const __m256i words[4] = {_mm256_unpacklo_epi8(lo, exponent), _mm256_unpackhi_epi8(lo, exponent),
+                            _mm256_unpacklo_epi8(hi, exponent), _mm256_unpackhi_epi8(hi, exponent)};
   for (int h = 0; h < 4; ++h) {
-    const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(halves[h], 16));
-    const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(halves[h], upper));
-    acc[(2 * h) % 4] = _mm256_fmadd_ps(even, _mm256_loadu_ps(xp + 16 * h), acc[(2 * h) % 4]);
-    acc[(2 * h + 1) % 4] = _mm256_fmadd_ps(odd, _mm256_loadu_ps(xp + 16 * h + 8), acc[(2 * h + 1) % 4]);
+    const __m256 lower_main = _mm256_castsi256_ps(_mm256_shuffle_epi8(words[h], swap_words));
+    const __m256 upper_main = _mm256_castsi256_ps(words[h]);
+    acc[(2 * h) % 4] = _mm256_fmadd_ps(lower_main, _mm256_loadu_ps(yp + 16 * h), acc[(2 * h) % 4]);
+    acc[(2 * h + 1) % 4] = _mm256_fmadd_ps(upper_main, _mm256_loadu_ps(yp + 16 * h + 8), acc[(2 * h + 1) % 4]);
   }
 }
 
 // One row of int4 codes against x, for one group per row, group_size a multiple of 64, or group_size 32.
-// xp is x after permute_x64, x the natural order (for the last K % 64 inputs).
-static float gemv_int4_row64(const float* xp, const float* x, const float* xsum, const Int4Codes& c,
-                             const QParams& qp, int64_t K) {
+// yp and ysum come from prepare_x64, x is the natural order (for the last K % 64 inputs).
+static float gemv_int4_row64(const float* yp, const float* ysum, const float* x, const float* xsum,
+                             const Int4Codes& c, const QParams& qp, int64_t K) {
   const int64_t blocks = K / 64, blocks_per_group = qp.G == 1 ? blocks : qp.g / 64;
   const bool two_groups_per_block = qp.G > 1 && qp.g == 32;
-  __m256 total = _mm256_setzero_ps(), acc[4];
-  for (int h = 0; h < 4; ++h) acc[h] = _mm256_setzero_ps();
+  __m256 total[4], acc[4];
+  for (int h = 0; h < 4; ++h) total[h] = acc[h] = _mm256_setzero_ps();
   int64_t left = blocks_per_group, gi = 0;
   for (int64_t b = 0; b < blocks; ++b) {
     c.prefetch(0, 64 * b);
-    int4_block64(c.p + 32 * b, xp + 64 * b, acc);
+    int4_block64(c.p + 32 * b, yp + 64 * b, acc);
     if (two_groups_per_block) {  // lanes 0-3 hold group 2b, lanes 4-7 group 2b + 1
       const __m256 s2 = _mm256_setr_m128(_mm_set1_ps(2.f * qp.s(0, 2 * b)), _mm_set1_ps(2.f * qp.s(0, 2 * b + 1)));
-      total = _mm256_fmadd_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])), s2, total);
-      for (int h = 0; h < 4; ++h) acc[h] = _mm256_setzero_ps();
+      for (int h = 0; h < 4; ++h) { total[h] = _mm256_fmadd_ps(acc[h], s2, total[h]); acc[h] = _mm256_setzero_ps(); }
     } else if (--left == 0) {
-      const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-      total = _mm256_fmadd_ps(sum, _mm256_set1_ps(2.f * qp.s(0, gi)), total);
-      for (int h = 0; h < 4; ++h) acc[h] = _mm256_setzero_ps();
+      const __m256 s2 = _mm256_set1_ps(2.f * qp.s(0, gi));
+      for (int h = 0; h < 4; ++h) { total[h] = _mm256_fmadd_ps(acc[h], s2, total[h]); acc[h] = _mm256_setzero_ps(); }
       ++gi;
       left = blocks_per_group;
     }
   }
   if (!two_groups_per_block && left != blocks_per_group) {  // the blocks of a last, shorter group
-    const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    total = _mm256_fmadd_ps(sum, _mm256_set1_ps(2.f * qp.s(0, gi)), total);
+    const __m256 s2 = _mm256_set1_ps(2.f * qp.s(0, gi));
+    for (int h = 0; h < 4; ++h) total[h] = _mm256_fmadd_ps(acc[h], s2, total[h]);
   }
-  float tail = 0.f;  // the last K % 64 inputs, with the same values u + 16 = 2 f
-  for (int64_t k = 64 * blocks; k < K; ++k) tail += qp.s(0, k / qp.g) * x[k] * (c.at(0, k) + 16.f);
-  return hsum8(total) + tail - qp.correction(0, kInt4FloatOffset, xsum);
+  float tail = 0.f;  // the last K % 64 inputs, times the stored nibble u
+  for (int64_t k = 64 * blocks; k < K; ++k) tail += qp.s(0, k / qp.g) * x[k] * c.at(0, k);
+  float lane_offset = 0.f;  // sum_g s_g * kInt4LaneOffset * ysum_g
+  for (int64_t g = 0; g < qp.G; ++g) lane_offset += qp.s(0, g) * ysum[g];
+  const __m256 sum = _mm256_add_ps(_mm256_add_ps(total[0], total[1]), _mm256_add_ps(total[2], total[3]));
+  return hsum8(sum) + tail - kInt4LaneOffset * lane_offset - qp.correction(0, Int4Codes::kOffset, xsum);
 }
 
 static bool int4_row64_accepts(const QParams& qp) { return qp.G == 1 || qp.g % 64 == 0 || qp.g == 32; }
@@ -312,16 +328,16 @@ static bool int4_row64_accepts(const QParams& qp) { return qp.G == 1 || qp.g % 6
 // path 0 for int4 when int4_row64_accepts: each thread streams a contiguous range of weight rows.
 static void run_gemv_int4(const float* x, int64_t M, int64_t K, int64_t N, const Int4Codes& c, const QParams& qp,
                           float* y) {
-  std::vector<float> xsum(M * qp.G), xp(M * K);
+  std::vector<float> xsum(M * qp.G), ysum(M * qp.G), yp(M * K);
   for (int64_t m = 0; m < M; ++m) {
     group_sums(x + m * K, K, qp.g, qp.G, xsum.data() + m * qp.G);
-    permute_x64(x + m * K, K, xp.data() + m * K);
+    prepare_x64(x + m * K, K, qp.g, qp.G, yp.data() + m * K, ysum.data() + m * qp.G);
   }
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t m = 0; m < M; ++m)
-        y[m * N + n] = gemv_int4_row64(xp.data() + m * K, x + m * K, xsum.data() + m * qp.G, c.rows_from(n),
-                                       qp.rows_from(n), K);
+        y[m * N + n] = gemv_int4_row64(yp.data() + m * K, ysum.data() + m * qp.G, x + m * K, xsum.data() + m * qp.G,
+                                       c.rows_from(n), qp.rows_from(n), K);
   });
 }
 """
@@ -822,6 +838,7 @@ def _compile(name:str, source:str):
 def _load_kernels() -> tuple:
     "Return `(ops, reason)`: the kernel namespace and None, or None and why the fallback is used. Builds once."
     global _loaded
+    if _loaded is not None: return _loaded  # every kernel call passes here, so the set-once value skips the lock
     with _load_lock:
         if _loaded is not None: return _loaded
         reason = _unsupported_reason()
@@ -878,7 +895,8 @@ def _qparams(scale, zero_point, out_features:int, in_features:int, group_size:Op
         raise TypeError(f"{fn}: scale must be a float tensor, but got {type(scale).__name__}.")
     if zero_point is None and scale.dtype == torch.float32 and scale.ndim in (1, 2) and scale.is_contiguous() \
             and scale.shape[0] == out_features and scale.numel() == out_features * groups:  # [N] or [N, G]
-        return scale.view(out_features, groups), None, in_features if group_size is None else group_size  # [N, G]
+        if scale.ndim == 1: scale = scale.view(out_features, groups)  # a view costs microseconds, so only for [N]
+        return scale, None, in_features if group_size is None else group_size  # [N, G]
     if scale.ndim == 0 and groups == 1: scale = scale.expand(out_features)  # [N]
     if scale.numel() != out_features * groups:
         raise ValueError(f"{fn}: scale has shape {tuple(scale.shape)}, but {out_features} rows with "
@@ -980,8 +998,9 @@ def _block_rows(in_features:int) -> int:
 def _kernel_for(x:torch.Tensor, *tensors):
     "Return the kernel namespace if the C++ path may run on `x` and the other tensors, else None."
     ops = _kernel_ops()
-    if ops is None or x.device.type != "cpu" or x.shape[-1] == 0: return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *tensors)): return None
+    if ops is None or not x.is_cpu or x.shape[-1] == 0: return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors)):
+        return None
     return ops
 
 # %% ../nbs/01_kernels.ipynb #80408c54
