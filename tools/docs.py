@@ -57,6 +57,7 @@ def _title_from_front_matter(text: str) -> str:
     return f"# {title}\n\n> {meta['description']}" if meta.get("description") else f"# {title}"
 
 
+NOTEBOOK_LINK = re.compile(r"\]\(([\w.-]+\.ipynb(?:#[\w-]*)?)\)")  # a relative link to a notebook, e.g. ](03_int4.ipynb)
 ATTRIBUTES = re.compile(r"\{(target|style|\.)[^}]*\}")  # Quarto link and span attributes, e.g. {target="_blank"}
 
 
@@ -102,6 +103,8 @@ def convert(nb_path: Path, exporter: str, out_path: Path) -> None:
     exp = HTMLExporter(embed_images=True, mathjax_url=mathjax_url()) if exporter == "html" else MarkdownExporter()
     exp.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"remove_input"}), enabled=True)
     body, resources = exp.from_notebook_node(nb)
+    if exporter == "markdown":  # README.md sits at the top of the repository, the notebooks one level down in nbs/
+        body = NOTEBOOK_LINK.sub(r"](nbs/\1)", body)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     for name, data in resources.get("outputs", {}).items():
         (out_path.parent / name).write_bytes(data)
