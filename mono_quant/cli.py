@@ -359,10 +359,16 @@ def _split_batches(data, batch_size:int, path) -> list:
                    "dict of tensors (keyword inputs).", ExitCode.USAGE)
 
 # %% ../nbs/10_cli.ipynb #95977d82
+def _require_file(path, role:str="") -> Path:
+    "Return `path` as a `Path`, or raise `CLIError` saying whether it is missing or a folder."
+    path, label = Path(path), f"{role} {path}".strip()  # role names the file in the message, e.g. 'calibration file'
+    if path.is_dir(): raise CLIError(f"{label} is a folder; pass a file inside it.", ExitCode.USAGE)
+    if not path.is_file(): raise CLIError(f"{label} not found; check the path.", ExitCode.IO)
+    return path
+
 def read_sentences(path) -> list[str]:
     "Read a UTF-8 text file of sentences, one per line, dropping blank lines."
-    path = Path(path)
-    if not path.is_file(): raise CLIError(f"{path} not found; check the path.", ExitCode.IO)
+    path = _require_file(path)
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as e:
@@ -387,8 +393,7 @@ def read_calibration(path, # calibration file: text, .pt or .safetensors
                      batch_size:int=8,
                     ) -> list:
     "Read a calibration file into a list of batches (tensors, tuples or dicts of tensors)."
-    path = Path(path)
-    if not path.is_file(): raise CLIError(f"calibration file {path} not found; check the path.", ExitCode.IO)
+    path = _require_file(path, "calibration file")
     suffix = path.suffix.lower()
     if suffix in TORCH_SUFFIXES: return _split_batches(load_torch_file(path), batch_size, path)
     if not _is_text_file(path):
@@ -577,8 +582,7 @@ def cmd_quantize(args) -> int:
     kind = detect_format(args.model)
     suffix = Path(args.output).suffix if args.output else ".safetensors"
     output = prepare_output(args.output or default_output(args.model, args.bits, suffix), [args.model])
-    if args.calibration and not Path(args.calibration).is_file():
-        raise CLIError(f"calibration file {args.calibration} not found; check the path.", ExitCode.IO)
+    if args.calibration: _require_file(args.calibration, "calibration file")
     if args.calibration and _is_text_file(args.calibration) and kind != "hf":
         raise CLIError(f"calibration file {args.calibration} is read as text, which needs a Hugging Face model folder "
                        "with a tokenizer; for other models pass a .pt or .safetensors file of input tensors.")

@@ -345,10 +345,16 @@ def test_cli_sentence_file_errors(cli_files, capsys):
     work, compact, cnn = cli_files["work"], cli_files["compact"], cli_files["cnn"]
     base = ("validate", compact, "--reference", cnn, "--allow-pickle", "--sentences")
     assert_cli_error(run_cli(capsys, *base, work / "no-sentences.txt"), 5, "not found")
+    assert_cli_error(run_cli(capsys, *base, work), 2, "is a folder; pass a file inside it")
     latin1 = write_file(work / "latin1.txt", "caf\xe9\n".encode("latin-1"))
     assert_cli_error(run_cli(capsys, *base, latin1), 2, "is not a UTF-8 text file")
     blank = write_file(work / "blank.txt", "\n  \n")
     assert_cli_error(run_cli(capsys, *base, blank), 2, "contains no sentences")
+
+
+def test_cli_calibration_folder_named(cli_files, capsys):
+    result = run_cli(capsys, "quantize", "--model", cli_files["cnn"], "--allow-pickle", "--calibration", cli_files["work"])
+    assert_cli_error(result, 2, f"calibration file {cli_files['work']} is a folder")
 
 
 def test_cli_missing_packages(cli_files, capsys, monkeypatch):
