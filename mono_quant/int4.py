@@ -118,6 +118,10 @@ def from_float(cls, linear:nn.Linear, group_size:Optional[int]=128, symmetric:bo
 def forward(self, x:torch.Tensor) -> torch.Tensor:
     "Compute $x \\hat W^\\top + b$ with the INT4 kernel, in the dtype of `x`."
     _check_input(x, "QuantizedLinearInt4")
+    if not torch.compiler.is_compiling():  # kernel ops cannot be traced yet
+        y = kernels._weight_only_direct("int4", x, self.qweight, self.scale, self.zero_point, self.bias,
+                                        self.group_size, self.in_features)
+        if y is not None: return y
     scale, zero_point = self._channel_qparams(self.out_features)  # [out, n_groups] or [out] per-channel
     return _call_kernel(kernels.linear_int4, x, self.qweight, scale, zero_point, self.bias,
                         in_features=self.in_features, group_size=self.group_size)

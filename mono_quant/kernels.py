@@ -64,6 +64,7 @@ _CPP_PRELUDE = r"""
 #include <torch/library.h>
 #include <immintrin.h>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -244,7 +245,7 @@ _CPP_GEMV_INT4 = r"""
 // A 32-bit lane holding the 16-bit words 0x41 | u_hi << 3 (upper) and 0x41 | u_lo << 3 (lower) is the float
 // 8 + 65 / 4096 + u_hi / 2 + u_lo / 2^17 exactly. kInt4LaneOffset is twice the constant part.
 static constexpr float kInt4LaneOffset = 16.f + 65.f / 2048.f;
-static constexpr double kInt4Leak = 1.0 / 65536.0;  // weight of the lower word's nibble relative to the upper's
+static constexpr float kInt4Leak = 1.f / 65536.f;  // weight of the lower word's nibble relative to the upper's
 
 // Inputs of a 64-code block in the order gemv_int4_row64 produces them: float vector f (0..7), lane 4 * half + t.
 static int64_t int4_block64_input(int f, int lane) {
@@ -254,21 +255,32 @@ static int64_t int4_block64_input(int f, int lane) {
 }
 
 // The multipliers of the 64-code blocks of one row of x, and their sums per group (ysum). Vector 2h carries the
-// lower word's code as its main term and the upper word's as a leak of 2^-16, vector 2h + 1 the reverse, so
-// y_lo + leak * y_hi = x_lo and y_hi + leak * y_lo = x_hi make every code meet exactly its own input.
+// lower word's code as its main term and the upper word's as a leak of t = 2^-16, vector 2h + 1 the reverse, so
+// y_lo = x_lo - t * x_hi and y_hi = x_hi - t * x_lo make every code meet its own input times 1 - t^2 = 1 - 2^-32,
+// which rounds to 1 in float32.
 static void prepare_x64(const float* x, int64_t K, int64_t g, int64_t G, float* y, float* ysum) {
+  static const std::array<int, 64> order = [] {  // input index of each of the 64 floats of a block
+    std::array<int, 64> o{};
+    for (int f = 0; f < 8; ++f)
+      for (int lane = 0; lane < 8; ++lane) o[8 * f + lane] = (int)int4_block64_input(f, lane);
+    return o;
+  }();
+  const float t = (float)kInt4Leak;
   std::fill(ysum, ysum + G, 0.f);
-  const double det = 1.0 - kInt4Leak * kInt4Leak;
-  for (int64_t k = 0; k + 64 <= K; k += 64)
+  for (int64_t k = 0; k + 64 <= K; k += 64) {
+    float half_sums[2] = {0.f, 0.f};  // lanes 0-3 and 4-7, two groups when group_size is 32
     for (int h = 0; h < 4; ++h)
       for (int lane = 0; lane < 8; ++lane) {
-        const double lo = x[k + int4_block64_input(2 * h, lane)], hi = x[k + int4_block64_input(2 * h + 1, lane)];
-        const float y_lo = (float)((lo - kInt4Leak * hi) / det), y_hi = (float)((hi - kInt4Leak * lo) / det);
+        const float lo = x[k + order[16 * h + lane]], hi = x[k + order[16 * h + 8 + lane]];
+        const float y_lo = lo - t * hi, y_hi = hi - t * lo;
         y[k + 16 * h + lane] = y_lo;
         y[k + 16 * h + 8 + lane] = y_hi;
-        const int64_t gi = G == 1 ? 0 : (g == 32 ? 2 * (k / 64) + lane / 4 : k / g);
-        ysum[gi] += y_lo + y_hi;
+        half_sums[lane / 4] += y_lo + y_hi;
       }
+    if (G == 1) ysum[0] += half_sums[0] + half_sums[1];
+    else if (g == 32) { ysum[2 * (k / 64)] += half_sums[0]; ysum[2 * (k / 64) + 1] += half_sums[1]; }
+    else ysum[k / g] += half_sums[0] + half_sums[1];
+  }
 }
 
 // Adds y . f for one block of 64 codes (32 bytes) to the four accumulators, with the lanes f built from bits.
@@ -1083,6 +1095,34 @@ def linear_fp16(x:torch.Tensor, # activations [..., K]: float32, bfloat16 or flo
         path = _weight_only_path(rows.shape[0])
         y = ops.fp16_weight_only(rows, weight.contiguous(), _unit_scale(out_features), b, path, _block_rows(in_features))
     return _output(y, x)
+
+# %% ../nbs/01_kernels.ipynb #c4b015a9
+def _weight_only_direct(kind:str, # 'int8', 'int4' or 'fp16'
+                        x:torch.Tensor, # activations [M, K]
+                        codes:torch.Tensor, # int8 [N, K], packed uint8 [N, ceil(K/2)] or float16 [N, K]
+                        scale:Optional[torch.Tensor], # float32 [N] or [N, G]; unused for fp16
+                        zero_point:Optional[torch.Tensor], # must be None: asymmetric layers take the checked path
+                        bias:Optional[torch.Tensor], # float32 [N] or None
+                        group_size:Optional[int], # inputs per scale; None for per-channel
+                        in_features:int, # K
+                       ) -> Optional[torch.Tensor]:
+    "Run the weight-only kernel on a module's tensors if all are in the kernel's formats; otherwise return None."
+    if x.dtype is not torch.float32 or x.ndim != 2 or x.shape[1] != in_features or in_features == 0: return None
+    if zero_point is not None or not x.is_contiguous() or not x.is_cpu or not codes.is_contiguous(): return None
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)): return None
+    if bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()): return None
+    ops = _kernel_ops()
+    if ops is None: return None
+    out_features = codes.shape[0]
+    path, block_rows = _weight_only_path(x.shape[0]), _block_rows(in_features)
+    if kind == "fp16": return ops.fp16_weight_only(x, codes, _unit_scale(out_features), bias, path, block_rows)
+    if scale.dtype is not torch.float32 or scale.ndim not in (1, 2) or not scale.is_contiguous(): return None
+    if scale.shape[0] != out_features: return None
+    if scale.ndim == 1: scale = scale.view(out_features, 1)  # [N, 1]
+    group = in_features if group_size is None else group_size
+    if kind == "int8": return ops.int8_weight_only(x, codes, scale, None, bias, group, path, block_rows)
+    if not _int4_kernel_accepts(scale.shape[1], group): return None
+    return ops.int4_weight_only(x, codes, scale, None, bias, group, path, block_rows)
 
 # %% ../nbs/01_kernels.ipynb #57c1cc4b
 def _linear_int8_act(x, qweight, scale, zero_point, bias, act_scale, act_zero_point:int, fn:str):

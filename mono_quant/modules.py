@@ -445,6 +445,11 @@ def _channel_qparams(self, out_features:int):
 def forward(self, x:torch.Tensor) -> torch.Tensor:
     "Compute $x \\hat W^\\top + b$ in the dtype of `x`."
     _check_input(x, "QuantizedLinear")
+    if self.activations is None and not torch.compiler.is_compiling():  # kernel ops cannot be traced yet
+        kind = "fp16" if self.bits == 16 else "int8"
+        y = kernels._weight_only_direct(kind, x, self.qweight, self.scale, self.zero_point, self.bias, self.group_size,
+                                        self.in_features)
+        if y is not None: return y
     if self.bits == 16:
         return _call_kernel(kernels.linear_fp16, x, self.qweight, self.bias)
     scale, zero_point = self._channel_qparams(self.out_features)
