@@ -555,6 +555,9 @@ static at::Tensor weight_only(const at::Tensor& x, const Codes& codes, const QPa
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "x must be contiguous float32 [M, K]");
   const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(qp.G == (qp.g >= K ? 1 : (K + qp.g - 1) / qp.g), "scale must have one column per group of x");
+  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N),
+              "bias must be contiguous float32 [N]");
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   at::Tensor xk = x;
@@ -579,9 +582,10 @@ static at::Tensor weight_only(const at::Tensor& x, const Codes& codes, const QPa
   return y;
 }
 
-static QParams make_qparams(const at::Tensor& scale, const c10::optional<at::Tensor>& zero_point, int64_t group_size) {
-  TORCH_CHECK(scale.dim() == 2 && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
-              "scale must be float32 [N, G]");
+static QParams make_qparams(const at::Tensor& scale, const c10::optional<at::Tensor>& zero_point, int64_t group_size,
+                            int64_t N) {
+  TORCH_CHECK(scale.dim() == 2 && scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.size(0) == N &&
+              group_size > 0, "scale must be float32 [N, G]");
   TORCH_CHECK(!zero_point || (zero_point->scalar_type() == at::kInt && zero_point->is_contiguous() &&
                               zero_point->sizes() == scale.sizes()), "zero_point must be int32 shaped like scale");
   return {scale.data_ptr<float>(), zero_point ? zero_point->data_ptr<int32_t>() : nullptr, scale.size(1), group_size};
@@ -593,7 +597,7 @@ at::Tensor int8_weight_only(const at::Tensor& x, const at::Tensor& qweight, cons
   TORCH_CHECK(qweight.scalar_type() == at::kChar && qweight.is_contiguous() && qweight.size(1) == x.size(1),
               "qweight must be contiguous int8 [N, K]");
   const Int8Codes codes{qweight.data_ptr<int8_t>(), qweight.size(1)};
-  const QParams qp = make_qparams(scale, zero_point, group_size);
+  const QParams qp = make_qparams(scale, zero_point, group_size, qweight.size(0));
   return weight_only(x, codes, qp, qweight.size(0), bias, path, block_rows, false);
 }
 
@@ -602,7 +606,7 @@ at::Tensor fp16_weight_only(const at::Tensor& x, const at::Tensor& weight, const
   TORCH_CHECK(weight.scalar_type() == at::kHalf && weight.is_contiguous() && weight.size(1) == x.size(1),
               "weight must be contiguous float16 [N, K]");
   const Fp16Codes codes{reinterpret_cast<const uint16_t*>(weight.data_ptr<at::Half>()), weight.size(1)};
-  const QParams qp = make_qparams(ones, c10::nullopt, weight.size(1));
+  const QParams qp = make_qparams(ones, c10::nullopt, weight.size(1), weight.size(0));
   return weight_only(x, codes, qp, weight.size(0), bias, path, block_rows, false);
 }
 
@@ -613,7 +617,7 @@ at::Tensor int4_weight_only(const at::Tensor& x, const at::Tensor& packed, const
               "packed must be contiguous uint8 [N, ceil(K / 2)]");
   TORCH_CHECK(group_size % 16 == 0 || scale.size(1) == 1, "int4 groups must start on a multiple of 16 inputs");
   const Int4Codes codes{packed.data_ptr<uint8_t>(), packed.size(1)};
-  const QParams qp = make_qparams(scale, zero_point, group_size);
+  const QParams qp = make_qparams(scale, zero_point, group_size, packed.size(0));
   return weight_only(x, codes, qp, packed.size(0), bias, path, block_rows, true);
 }
 """
@@ -743,6 +747,8 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
               "scale must be float32 [N]");
   TORCH_CHECK(!zero_point || (zero_point->scalar_type() == at::kInt && zero_point->numel() == qweight.size(0)),
               "zero_point must be int32 [N]");
+  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == qweight.size(0)),
+              "bias must be contiguous float32 [N]");
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
@@ -1110,16 +1116,19 @@ def _weight_only_direct(kind:str, # 'int8', 'int4' or 'fp16'
     if x.dtype is not torch.float32 or x.ndim != 2 or x.shape[1] != in_features or in_features == 0: return None
     if zero_point is not None or not x.is_contiguous() or not x.is_cpu or not codes.is_contiguous(): return None
     if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)): return None
+    out_features = codes.shape[0]
+    if codes.shape[1] != ((in_features + 1) // 2 if kind == "int4" else in_features): return None
     if bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()): return None
+    if bias is not None and bias.shape != (out_features,): return None
     ops = _kernel_ops()
     if ops is None: return None
-    out_features = codes.shape[0]
     path, block_rows = _weight_only_path(x.shape[0]), _block_rows(in_features)
     if kind == "fp16": return ops.fp16_weight_only(x, codes, _unit_scale(out_features), bias, path, block_rows)
-    if scale.dtype is not torch.float32 or scale.ndim not in (1, 2) or not scale.is_contiguous(): return None
-    if scale.shape[0] != out_features: return None
-    if scale.ndim == 1: scale = scale.view(out_features, 1)  # [N, 1]
     group = in_features if group_size is None else group_size
+    groups = -(-in_features // group)
+    if scale.dtype is not torch.float32 or not scale.is_contiguous(): return None
+    if scale.shape != (out_features, groups) and (groups != 1 or scale.shape != (out_features,)): return None
+    if scale.ndim == 1: scale = scale.view(out_features, 1)  # [N, 1]
     if kind == "int8": return ops.int8_weight_only(x, codes, scale, None, bias, group, path, block_rows)
     if not _int4_kernel_accepts(scale.shape[1], group): return None
     return ops.int4_weight_only(x, codes, scale, None, bias, group, path, block_rows)
