@@ -265,7 +265,7 @@ static void prepare_x64(const float* x, int64_t K, int64_t g, int64_t G, float* 
       for (int lane = 0; lane < 8; ++lane) o[8 * f + lane] = (int)int4_block64_input(f, lane);
     return o;
   }();
-  const float t = (float)kInt4Leak;
+  const float t = kInt4Leak;
   std::fill(ysum, ysum + G, 0.f);
   for (int64_t k = 0; k + 64 <= K; k += 64) {
     float half_sums[2] = {0.f, 0.f};  // lanes 0-3 and 4-7, two groups when group_size is 32
@@ -856,7 +856,7 @@ def _compile(name:str, source:str):
 def _load_kernels() -> tuple:
     "Return `(ops, reason)`: the kernel namespace and None, or None and why the fallback is used. Builds once."
     global _loaded
-    if _loaded is not None: return _loaded  # every kernel call passes here, so the set-once value skips the lock
+    if _loaded is not None: return _loaded  # every kernel call reads this, so the lock is only taken until it is set
     with _load_lock:
         if _loaded is not None: return _loaded
         reason = _unsupported_reason()
@@ -913,7 +913,7 @@ def _qparams(scale, zero_point, out_features:int, in_features:int, group_size:Op
         raise TypeError(f"{fn}: scale must be a float tensor, but got {type(scale).__name__}.")
     if zero_point is None and scale.dtype == torch.float32 and scale.ndim in (1, 2) and scale.is_contiguous() \
             and scale.shape[0] == out_features and scale.numel() == out_features * groups:  # [N] or [N, G]
-        if scale.ndim == 1: scale = scale.view(out_features, groups)  # a view costs microseconds, so only for [N]
+        if scale.ndim == 1: scale = scale.view(out_features, groups)  # a view costs microseconds, so only [N] gets one
         return scale, None, in_features if group_size is None else group_size  # [N, G]
     if scale.ndim == 0 and groups == 1: scale = scale.expand(out_features)  # [N]
     if scale.numel() != out_features * groups:
