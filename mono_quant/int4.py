@@ -118,7 +118,8 @@ def from_float(cls, linear:nn.Linear, group_size:Optional[int]=128, symmetric:bo
 def forward(self, x:torch.Tensor) -> torch.Tensor:
     "Compute $x \\hat W^\\top + b$ with the INT4 kernel, in the dtype of `x`."
     _check_input(x, "QuantizedLinearInt4")
-    if not torch.compiler.is_compiling():  # kernel ops cannot be traced yet
+    # torch.compile cannot trace the C++ operators, because they have no fake implementation.
+    if not torch.compiler.is_compiling():
         y = kernels._weight_only_direct("int4", x, self.qweight, self.scale, self.zero_point, self.bias,
                                         self.group_size, self.in_features)
         if y is not None: return y

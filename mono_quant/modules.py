@@ -445,7 +445,8 @@ def _channel_qparams(self, out_features:int):
 def forward(self, x:torch.Tensor) -> torch.Tensor:
     "Compute $x \\hat W^\\top + b$ in the dtype of `x`."
     _check_input(x, "QuantizedLinear")
-    if self.activations is None and not torch.compiler.is_compiling():  # kernel ops cannot be traced yet
+    # torch.compile cannot trace the C++ operators, because they have no fake implementation.
+    if self.activations is None and not torch.compiler.is_compiling():
         kind = "fp16" if self.bits == 16 else "int8"
         y = kernels._weight_only_direct(kind, x, self.qweight, self.scale, self.zero_point, self.bias, self.group_size,
                                         self.in_features)

@@ -352,7 +352,7 @@ def test_cli_sentence_file_errors(cli_files, capsys):
     assert_cli_error(run_cli(capsys, *base, blank), 2, "contains no sentences")
 
 
-def test_cli_calibration_folder_named(cli_files, capsys):
+def test_cli_calibration_folder_error(cli_files, capsys):
     result = run_cli(capsys, "quantize", "--model", cli_files["cnn"], "--allow-pickle", "--calibration", cli_files["work"])
     assert_cli_error(result, 2, f"calibration file {cli_files['work']} is a folder")
 
