@@ -241,116 +241,136 @@ static float gemv_row_chunked(const float* x, const float* xsum, const Codes& c,
 """
 
 # %% ../nbs/01_kernels.ipynb #bdfba896
-_CPP_GEMV_INT4 = r"""
-// A 32-bit lane holding the 16-bit words 0x41 | u_hi << 3 (upper) and 0x41 | u_lo << 3 (lower) is the float
-// 8 + 65 / 4096 + u_hi / 2 + u_lo / 2^17 exactly. kInt4LaneOffset is twice the constant part.
-static constexpr float kInt4LaneOffset = 16.f + 65.f / 2048.f;
-static constexpr float kInt4Leak = 1.f / 65536.f;  // weight of the lower word's nibble relative to the upper's
+_CPP_GEMV_FIXED = r"""
+// Batch-1 kernels with x at 16-bit fixed point. Chunk c of x (kFixedChunk inputs, or the weight group when that is
+// shorter) is rounded to xq = round(x / 2^e_c), with the smallest power of two 2^e_c that keeps |xq| <= 32767.
+// _mm256_madd_epi16 then multiplies 16 weight codes by 16 x codes and adds neighbours into exact int32 sums.
+static constexpr int64_t kFixedChunk = 128;
+static constexpr float kFixedMax = 32767.f;
+static constexpr float kFixedMinAmax = 1e-30f;  // below this, 2^-e_c would not fit in a float
 
-// Inputs of a 64-code block in the order gemv_int4_row64 produces them: float vector f (0..7), lane 4 * half + t.
-static int64_t int4_block64_input(int f, int lane) {
-  const int half = lane / 4, t = lane % 4;
-  const int byte = 16 * half + 8 * ((f / 2) % 2) + 2 * t + (f % 2);
-  return 2 * byte + (f >= 4 ? 1 : 0);
+// Which codes have a fixed-point kernel, and how many inputs one step of it reads (0: none).
+template <class Codes> struct FixedPoint { static constexpr int64_t kBlock = 0; };
+template <> struct FixedPoint<Int8Codes> { static constexpr int64_t kBlock = 32; };
+template <> struct FixedPoint<Int4Codes> { static constexpr int64_t kBlock = 64; };
+
+// The chunk length that splits every weight group into whole chunks, or 0 when there is none.
+static int64_t fixed_chunk(const QParams& qp) {
+  if (qp.G == 1 || qp.g % kFixedChunk == 0) return kFixedChunk;
+  return qp.g % 64 == 0 ? 64 : qp.g % 32 == 0 ? 32 : 0;
 }
 
-// The multipliers of the 64-code blocks of one row of x, and their sums per group (ysum). Vector 2h carries the
-// lower word's code as its main term and the upper word's as a leak of t = 2^-16, vector 2h + 1 the reverse, so
-// y_lo = x_lo - t * x_hi and y_hi = x_hi - t * x_lo make every code meet its own input times 1 - t^2 = 1 - 2^-32,
-// which rounds to 1 in float32.
-static void prepare_x64(const float* x, int64_t K, int64_t g, int64_t G, float* y, float* ysum) {
-  static const std::array<int, 64> order = [] {  // input index of each of the 64 floats of a block
-    std::array<int, 64> o{};
-    for (int f = 0; f < 8; ++f)
-      for (int lane = 0; lane < 8; ++lane) o[8 * f + lane] = (int)int4_block64_input(f, lane);
-    return o;
-  }();
-  const float t = kInt4Leak;
-  std::fill(ysum, ysum + G, 0.f);
-  for (int64_t k = 0; k + 64 <= K; k += 64) {
-    float half_sums[2] = {0.f, 0.f};  // lanes 0-3 and 4-7, two groups when group_size is 32
-    for (int h = 0; h < 4; ++h)
-      for (int lane = 0; lane < 8; ++lane) {
-        const float lo = x[k + order[16 * h + lane]], hi = x[k + order[16 * h + 8 + lane]];
-        const float y_lo = lo - t * hi, y_hi = hi - t * lo;
-        y[k + 16 * h + lane] = y_lo;
-        y[k + 16 * h + 8 + lane] = y_hi;
-        half_sums[lane / 4] += y_lo + y_hi;
-      }
-    if (G == 1) ysum[0] += half_sums[0] + half_sums[1];
-    else if (g == 32) { ysum[2 * (k / 64)] += half_sums[0]; ysum[2 * (k / 64) + 1] += half_sums[1]; }
-    else ysum[k / g] += half_sums[0] + half_sums[1];
+static inline float hmax8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// One row of x at fixed point: codes for the first Kw inputs (Kw = K rounded down to whole steps), the step 2^e_c of
+// each chunk, and per weight group the sum of the values the codes stand for plus the float inputs past Kw.
+struct FixedRow { const int16_t* q; const float* step; const float* gsum; int64_t Kw; int64_t chunk; };
+
+// Round x[0, Kw) chunk by chunk; int4_order stores each 64-block in the order int4_fixed_block reads it. Returns
+// false, and the row takes the float kernel, when x holds an inf or a NaN or a chunk's largest |x| is nonzero but
+// below kFixedMinAmax.
+static bool fixed_prepare(const float* x, int64_t K, int64_t Kw, int64_t chunk, const QParams& qp, bool int4_order,
+                          int16_t* q, float* step, float* gsum) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), zero = _mm256_setzero_ps();
+  std::fill(gsum, gsum + qp.G, 0.f);
+  for (int64_t c = 0, k0 = 0; k0 < Kw; ++c, k0 += chunk) {
+    const int64_t k1 = std::min(Kw, k0 + chunk);
+    __m256 amax = zero, not_finite = zero;  // x * 0 is NaN for an inf or a NaN, 0 otherwise
+    for (int64_t k = k0; k < k1; k += 8) {
+      const __m256 v = _mm256_loadu_ps(x + k);
+      amax = _mm256_max_ps(amax, _mm256_and_ps(v, abs_mask));
+      not_finite = _mm256_add_ps(not_finite, _mm256_mul_ps(v, zero));
+    }
+    const float m = hmax8(amax);
+    if (hsum8(not_finite) != 0.f || (m > 0.f && m < kFixedMinAmax)) return false;
+    int e = 0;  // m = f * 2^E with f in [0.5, 1), and 32767 * 2^(E - 15) >= m unless f > 32767 / 32768
+    const float f = std::frexp(m, &e);
+    e = m > 0.f ? e - 15 + (f > kFixedMax / 32768.f ? 1 : 0) : 0;
+    const __m256 inv = _mm256_set1_ps(std::ldexp(1.f, -e));  // exact: a power of two
+    __m256i isum = _mm256_setzero_si256();
+    for (int64_t k = k0; k < k1; k += 8) {
+      const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), inv));  // ties to even
+      isum = _mm256_add_epi32(isum, v);
+      _mm_storeu_si128((__m128i*)(q + k), _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+    }
+    step[c] = std::ldexp(1.f, e);
+    gsum[k0 / qp.g] += step[c] * (float)hsum8i(isum);  // |isum| <= 128 * 32767 < 2^24: exact
   }
+  for (int64_t k = Kw; k < K; ++k) gsum[k / qp.g] += x[k];
+  if (int4_order)  // word i of vector j of a 64-block is input 4i + j
+    for (int64_t k = 0; k < Kw; k += 64) {
+      int16_t block[64];
+      std::memcpy(block, q + k, sizeof(block));
+      for (int j = 0; j < 4; ++j)
+        for (int i = 0; i < 16; ++i) q[k + 16 * j + i] = block[4 * i + j];
+    }
+  return true;
 }
 
-// Adds y . f for one block of 64 codes (32 bytes) to the four accumulators, with the lanes f built from bits.
-static inline void int4_block64(const uint8_t* p, const float* yp, __m256 acc[4]) {
-  const __m256i mask78 = _mm256_set1_epi8(0x78), exponent = _mm256_set1_epi8(0x41);
-  const __m256i swap_words = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13,
-                                              2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+// 64 int4 codes: 32 bytes are 16 words of 4 nibbles, and nibble j of word i is input 4i + j. Masking nibble j of every
+// word gives 16 codes that meet vector j of x. Lanes 0-3 of the sum hold inputs 0-31, lanes 4-7 inputs 32-63.
+static inline __m256i int4_fixed_block(const uint8_t* p, const int16_t* xq) {
+  const __m256i low4 = _mm256_set1_epi16(15);
   const __m256i v = _mm256_loadu_si256((const __m256i*)p);
-  const __m256i lo = _mm256_and_si256(_mm256_slli_epi16(v, 3), mask78);  // u << 3 of the even inputs, per byte
-  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 1), mask78);  // u << 3 of the odd inputs
-  const __m256i words[4] = {_mm256_unpacklo_epi8(lo, exponent), _mm256_unpackhi_epi8(lo, exponent),
-                            _mm256_unpacklo_epi8(hi, exponent), _mm256_unpackhi_epi8(hi, exponent)};
-  for (int h = 0; h < 4; ++h) {
-    const __m256 lower_main = _mm256_castsi256_ps(_mm256_shuffle_epi8(words[h], swap_words));
-    const __m256 upper_main = _mm256_castsi256_ps(words[h]);
-    acc[(2 * h) % 4] = _mm256_fmadd_ps(lower_main, _mm256_loadu_ps(yp + 16 * h), acc[(2 * h) % 4]);
-    acc[(2 * h + 1) % 4] = _mm256_fmadd_ps(upper_main, _mm256_loadu_ps(yp + 16 * h + 8), acc[(2 * h + 1) % 4]);
-  }
+  const __m256i* xv = (const __m256i*)xq;
+  const __m256i a = _mm256_add_epi32(
+      _mm256_madd_epi16(_mm256_and_si256(v, low4), _mm256_loadu_si256(xv)),
+      _mm256_madd_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 8), low4), _mm256_loadu_si256(xv + 2)));
+  const __m256i b = _mm256_add_epi32(
+      _mm256_madd_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), _mm256_loadu_si256(xv + 1)),
+      _mm256_madd_epi16(_mm256_srli_epi16(v, 12), _mm256_loadu_si256(xv + 3)));
+  return _mm256_add_epi32(a, b);
 }
 
-// One row of int4 codes against x, for one group per row, group_size a multiple of 64, or group_size 32.
-// yp and ysum come from prepare_x64, x is the natural order (for the last K % 64 inputs).
-static float gemv_int4_row64(const float* yp, const float* ysum, const float* x, const float* xsum,
-                             const Int4Codes& c, const QParams& qp, int64_t K) {
-  const int64_t blocks = K / 64, blocks_per_group = qp.G == 1 ? blocks : qp.g / 64;
-  const bool two_groups_per_block = qp.G > 1 && qp.g == 32;
-  __m256 total[4], acc[4];
-  for (int h = 0; h < 4; ++h) total[h] = acc[h] = _mm256_setzero_ps();
-  int64_t left = blocks_per_group, gi = 0;
-  for (int64_t b = 0; b < blocks; ++b) {
-    c.prefetch(0, 64 * b);
-    int4_block64(c.p + 32 * b, yp + 64 * b, acc);
-    if (two_groups_per_block) {  // lanes 0-3 hold group 2b, lanes 4-7 group 2b + 1
-      const __m256 s2 = _mm256_setr_m128(_mm_set1_ps(2.f * qp.s(0, 2 * b)), _mm_set1_ps(2.f * qp.s(0, 2 * b + 1)));
-      for (int h = 0; h < 4; ++h) { total[h] = _mm256_fmadd_ps(acc[h], s2, total[h]); acc[h] = _mm256_setzero_ps(); }
-    } else if (--left == 0) {
-      const __m256 s2 = _mm256_set1_ps(2.f * qp.s(0, gi));
-      for (int h = 0; h < 4; ++h) { total[h] = _mm256_fmadd_ps(acc[h], s2, total[h]); acc[h] = _mm256_setzero_ps(); }
-      ++gi;
-      left = blocks_per_group;
+// 32 int8 codes, sign-extended to words, against 32 x codes in natural order.
+static inline __m256i int8_fixed_block(const int8_t* q, const int16_t* xq) {
+  const __m256i a = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)q)),
+                                      _mm256_loadu_si256((const __m256i*)xq));
+  const __m256i b = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(q + 16))),
+                                      _mm256_loadu_si256((const __m256i*)(xq + 16)));
+  return _mm256_add_epi32(a, b);
+}
+
+static inline __m256i fixed_block(const Int8Codes& c, int64_t k, const int16_t* xq) {
+  return int8_fixed_block(c.q + k, xq + k);
+}
+static inline __m256i fixed_block(const Int4Codes& c, int64_t k, const int16_t* xq) {
+  return int4_fixed_block(c.p + k / 2, xq + k);
+}
+
+// One weight row against a fixed-point row of x: sum over chunks of s_g 2^e_c (codes . xq), the inputs past Kw in
+// float, and the zero-point correction with the group sums of the rounded x. A chunk's int32 sum stays below
+// 128 * 128 * 32767 < 2^31.
+template <class Codes>
+static float gemv_row_fixed(const FixedRow& xr, const float* x, const Codes& c, const QParams& qp, int64_t K) {
+  constexpr int64_t B = FixedPoint<Codes>::kBlock;
+  __m256 total = _mm256_setzero_ps();
+  if (B == 64 && xr.chunk == 32) {  // each 64-block spans chunks 2b (lanes 0-3) and 2b + 1 (lanes 4-7)
+    for (int64_t k = 0, ci = 0; k < xr.Kw; k += 64, ci += 2) {
+      c.prefetch(0, k);
+      const __m256 s = _mm256_setr_m128(_mm_set1_ps(qp.s(0, k / qp.g) * xr.step[ci]),
+                                        _mm_set1_ps(qp.s(0, (k + 32) / qp.g) * xr.step[ci + 1]));
+      total = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fixed_block(c, k, xr.q)), s, total);
+    }
+  } else {
+    for (int64_t ci = 0, k0 = 0; k0 < xr.Kw; ++ci, k0 += xr.chunk) {
+      const int64_t k1 = std::min(xr.Kw, k0 + xr.chunk);
+      __m256i acc = _mm256_setzero_si256();
+      for (int64_t k = k0; k < k1; k += B) {
+        c.prefetch(0, k);
+        acc = _mm256_add_epi32(acc, fixed_block(c, k, xr.q));
+      }
+      total = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(qp.s(0, k0 / qp.g) * xr.step[ci]), total);
     }
   }
-  if (!two_groups_per_block && left != blocks_per_group) {  // the blocks of a last, shorter group
-    const __m256 s2 = _mm256_set1_ps(2.f * qp.s(0, gi));
-    for (int h = 0; h < 4; ++h) total[h] = _mm256_fmadd_ps(acc[h], s2, total[h]);
-  }
-  float tail = 0.f;  // the last K % 64 inputs, times the stored nibble u
-  for (int64_t k = 64 * blocks; k < K; ++k) tail += qp.s(0, k / qp.g) * x[k] * c.at(0, k);
-  float lane_offset = 0.f;  // sum_g s_g * kInt4LaneOffset * ysum_g
-  for (int64_t g = 0; g < qp.G; ++g) lane_offset += qp.s(0, g) * ysum[g];
-  const __m256 sum = _mm256_add_ps(_mm256_add_ps(total[0], total[1]), _mm256_add_ps(total[2], total[3]));
-  return hsum8(sum) + tail - kInt4LaneOffset * lane_offset - qp.correction(0, Int4Codes::kOffset, xsum);
-}
-
-static bool int4_row64_accepts(const QParams& qp) { return qp.G == 1 || qp.g % 64 == 0 || qp.g == 32; }
-
-// path 0 for int4 when int4_row64_accepts: each thread streams a contiguous range of weight rows.
-static void run_gemv_int4(const float* x, int64_t M, int64_t K, int64_t N, const Int4Codes& c, const QParams& qp,
-                          float* y) {
-  std::vector<float> xsum(M * qp.G), ysum(M * qp.G), yp(M * K);
-  for (int64_t m = 0; m < M; ++m) {
-    group_sums(x + m * K, K, qp.g, qp.G, xsum.data() + m * qp.G);
-    prepare_x64(x + m * K, K, qp.g, qp.G, yp.data() + m * K, ysum.data() + m * qp.G);
-  }
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t m = 0; m < M; ++m)
-        y[m * N + n] = gemv_int4_row64(yp.data() + m * K, ysum.data() + m * qp.G, x + m * K, xsum.data() + m * qp.G,
-                                       c.rows_from(n), qp.rows_from(n), K);
-  });
+  float tail = 0.f;  // the inputs past Kw, times the stored code
+  for (int64_t k = xr.Kw; k < K; ++k) tail += qp.s(0, k / qp.g) * x[k] * c.at(0, k);
+  return hsum8(total) + tail - qp.correction(0, Codes::kOffset, xr.gsum);
 }
 """
 
@@ -493,17 +513,42 @@ static void float_tile(int64_t tm, int64_t tn, const float* x, int64_t K, const 
 # %% ../nbs/01_kernels.ipynb #8e2a3d7f
 _CPP_PATHS = r"""
 // path 0: one x row at a time. Each thread streams a contiguous range of weight rows, one row after the other.
+// Int8 and int4 rows run gemv_row_fixed when fixed_prepare accepts x, and the float kernels otherwise; those read
+// x block-permuted when `permute` is set.
 template <class Codes>
-static void run_gemv(const float* x, int64_t M, int64_t K, int64_t N, const Codes& c, const QParams& qp, float* y) {
-  std::vector<float> xsum(M * qp.G);
-  for (int64_t m = 0; m < M; ++m) group_sums(x + m * K, K, qp.g, qp.G, xsum.data() + m * qp.G);
+static void run_gemv(const float* x, int64_t M, int64_t K, int64_t N, const Codes& c, const QParams& qp, float* y,
+                     bool permute) {
+  constexpr int64_t B = FixedPoint<Codes>::kBlock;
+  const int64_t chunk = B ? fixed_chunk(qp) : 0, Kw = chunk ? K / B * B : 0, chunks = chunk ? (Kw + chunk - 1) / chunk : 0;
+  std::vector<int16_t> xq(M * Kw);
+  std::vector<float> step(M * chunks), gsum(M * qp.G), xsum(M * qp.G), xperm;
+  std::vector<char> fixed(M, 0);
+  for (int64_t m = 0; m < M; ++m) {
+    if (Kw > 0)
+      fixed[m] = fixed_prepare(x + m * K, K, Kw, chunk, qp, B == 64, xq.data() + m * Kw, step.data() + m * chunks,
+                               gsum.data() + m * qp.G);
+    if (fixed[m]) continue;
+    group_sums(x + m * K, K, qp.g, qp.G, xsum.data() + m * qp.G);
+    if (permute) {
+      xperm.resize(M * K);
+      permute_x16(x + m * K, K, qp.g, qp.G, xperm.data() + m * K);
+    }
+  }
+  const float* xf = permute ? xperm.data() : x;  // rows for the float kernels
   const bool chunked = qp.G == 1 || qp.g % 16 == 0;
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t m = 0; m < M; ++m) {
+        if constexpr (B > 0) {
+          if (fixed[m]) {
+            const FixedRow xr{xq.data() + m * Kw, step.data() + m * chunks, gsum.data() + m * qp.G, Kw, chunk};
+            y[m * N + n] = gemv_row_fixed(xr, x + m * K, c.rows_from(n), qp.rows_from(n), K);
+            continue;
+          }
+        }
         const float* xs = xsum.data() + m * qp.G;
-        if (chunked) y[m * N + n] = gemv_row_chunked(x + m * K, xs, c.rows_from(n), qp.rows_from(n), K);
-        else gemv_rows<1>(x + m * K, xs, c.rows_from(n), qp.rows_from(n), K, y + m * N + n);
+        if (chunked) y[m * N + n] = gemv_row_chunked(xf + m * K, xs, c.rows_from(n), qp.rows_from(n), K);
+        else gemv_rows<1>(xf + m * K, xs, c.rows_from(n), qp.rows_from(n), K, y + m * N + n);
       }
   });
 }
@@ -561,17 +606,14 @@ static at::Tensor weight_only(const at::Tensor& x, const Codes& codes, const QPa
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   at::Tensor xk = x;
-  const bool int4_row64 = std::is_same<Codes, Int4Codes>::value && path == 0 && int4_row64_accepts(qp);
-  if (permute && !int4_row64) {  // gemv_int4_row64 permutes x itself
+  if (permute && path != 0) {  // run_gemv permutes the rows that need it itself
     xk = at::empty({M, K}, x.options());
     for (int64_t m = 0; m < M; ++m)
       permute_x16(x.data_ptr<float>() + m * K, K, qp.g, qp.G, xk.data_ptr<float>() + m * K);
   }
   const float* xp = xk.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  if (int4_row64) {
-    if constexpr (std::is_same<Codes, Int4Codes>::value) run_gemv_int4(xp, M, K, N, codes, qp, yp);
-  } else if (path == 0) run_gemv(xp, M, K, N, codes, qp, yp);
+  if (path == 0) run_gemv(xp, M, K, N, codes, qp, yp, permute);
   else if (path == 1) run_tiles(xp, M, K, N, codes, qp, yp);
   else run_blocked(xk, xp, M, K, N, codes, qp, yp, block_rows, path == 3);
   if (bias) {
@@ -822,8 +864,8 @@ _CXX_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 
 def _cpp_source() -> tuple[str, str]:
     "Return `(name, source)`: the C++ cells joined, registered under a name that carries a hash of source and flags."
-    # _CPP_GEMV_INT4 uses group_sums, so it goes after _CPP_PREPARE.
-    sections = [_CPP_PRELUDE, _CPP_CODES, _CPP_GEMV, _CPP_TILES, _CPP_PREPARE, _CPP_GEMV_INT4, _CPP_PATHS,
+    # _CPP_PATHS uses every kernel above it.
+    sections = [_CPP_PRELUDE, _CPP_CODES, _CPP_GEMV, _CPP_TILES, _CPP_PREPARE, _CPP_GEMV_FIXED, _CPP_PATHS,
                 _CPP_WEIGHT_ONLY, _CPP_QUANTIZE_ROWS, _CPP_INT_TILES, _CPP_INT8_ROWS, _CPP_INT8_ACTIVATIONS,
                 _CPP_REGISTER]
     body = "\n".join(sections)
