@@ -210,7 +210,8 @@ def wait_for_idle(timeout):
 def machine_info():
     info = {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "kernel_backend": kernels.kernel_backend()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "kernel_backend": kernels.kernel_backend(),
+            "kernel_isa": kernels.kernel_isa()}
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):

@@ -157,6 +157,7 @@ def main():
                     "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]}},
         "torch": torch.__version__,
         "kernel_backend": kernels.kernel_backend(),
+        "kernel_isa": kernels.kernel_isa(),
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "sequence_length": SEQUENCE_LENGTH,
         "repeats": args.repeats,

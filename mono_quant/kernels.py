@@ -20,15 +20,15 @@ import torch
 from .scheme import SCALE_EPS, dequantize_codes, qrange
 
 # %% auto #0
-__all__ = ['logger', 'KERNELS_ENV', 'CACHE_DIR_ENV', 'FLOAT_INPUT_DTYPES', 'kernel_backend', 'linear_int8', 'linear_int4',
-           'linear_fp16', 'linear_int8_dynamic', 'linear_int8_static', 'to_torch_int4pack']
+__all__ = ['logger', 'KERNELS_ENV', 'CACHE_DIR_ENV', 'FLOAT_INPUT_DTYPES', 'kernel_backend', 'kernel_isa', 'linear_int8',
+           'linear_int4', 'linear_fp16', 'linear_int8_dynamic', 'linear_int8_static', 'to_torch_int4pack']
 
 # %% ../nbs/01_kernels.ipynb #eef71c8d
 logger = logging.getLogger(__name__)
 
-KERNELS_ENV = "MONO_QUANT_KERNELS"  # "auto" (default) or "fallback"
+KERNELS_ENV = "MONO_QUANT_KERNELS"  # "auto" (default), "avx2" (no AVX-512 kernels) or "fallback"
 CACHE_DIR_ENV = "MONO_QUANT_CACHE_DIR"  # directory for the compiled library (default: the PyTorch extensions directory)
-_KERNEL_MODES = ("auto", "fallback")
+_KERNEL_MODES = ("auto", "avx2", "fallback")
 
 _parsed_mode = (None, "auto")  # (raw value of MONO_QUANT_KERNELS, parsed mode), so a call parses only a new value
 
@@ -735,6 +735,30 @@ __attribute__((noinline)) static void tile_int(const int16_t* x, int64_t ldx, co
     }
 }
 
+// Walks N weight rows in chunks small enough to stay in L2 (128 KiB of codes), one chunk per task, and in each chunk
+// walks the rows of x 4 at a time outside the weight rows, so 4 rows of activation codes stay in L1 while they meet the
+// whole chunk. tile(tm, m, n0, tn, acc) fills acc[i * tn + j] for tm rows of x from m and tn weight rows from n0, and
+// store(m, n, sum) takes each sum.
+template <int TN, class Tile, class Store>
+static void for_each_int_tile(int64_t M, int64_t K, int64_t N, const Tile& tile, const Store& store) {
+  const int64_t chunk = std::max<int64_t>(TN, (128 * 1024 / std::max<int64_t>(K, 1)) / TN * TN);
+  at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
+    int32_t acc[4 * TN];
+    for (int64_t n_start = c0 * chunk; n_start < std::min(N, c1 * chunk); n_start += chunk) {
+      const int64_t n_end = std::min(N, n_start + chunk);
+      for (int64_t m = 0; m < M; m += 4) {
+        const int64_t tm = std::min<int64_t>(4, M - m);
+        for (int64_t n0 = n_start; n0 < n_end; n0 += TN) {
+          const int64_t tn = std::min<int64_t>(TN, n_end - n0);
+          tile(tm, m, n0, tn, acc);
+          for (int64_t i = 0; i < tm; ++i)
+            for (int64_t j = 0; j < tn; ++j) store(m + i, n0 + j, acc[i * tn + j]);
+        }
+      }
+    }
+  });
+}
+
 // One tile of up to 4 rows of activation codes by TN weight rows.
 template <int TN>
 static void int_tile(int64_t tm, const int16_t* x, int64_t K, const int8_t* q, int32_t* out) {
@@ -773,6 +797,104 @@ static int32_t dot_s8_row(const int8_t* a, const int8_t* q, int64_t K) {
 }
 """
 
+# %% ../nbs/01_kernels.ipynb #a4fefade
+_CPP_INT8_VNNI = r"""
+// AVX-512 VNNI: vpdpbusd multiplies 64 unsigned bytes by 64 signed bytes and adds each group of 4 neighbouring products
+// into one of 16 int32 lanes. The weight codes become unsigned as q + 128 (the sign bit flipped), the activation codes
+// c stay signed, and sum_k (q + 128) c = sum_k q c + 128 sum_k c. These functions are compiled for AVX-512 on their
+// own, and run only where cpu_has_vnni() is true.
+#define MQ_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+static bool cpu_has_vnni() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
+// out[i, j] = sum_k (q[j, k] + 128) x[i, k] for TM rows of activation codes and TN weight rows, for the edge tiles.
+// Every term is at most 255 * 128 in magnitude, so the int32 sums are exact for K <= 65793. The last K % 64 bytes are
+// loaded under a mask that zeroes the bytes past K.
+template <int TM, int TN>
+MQ_VNNI __attribute__((noinline)) static void tile_vnni(const int8_t* x, int64_t ldx, const int8_t* q, int64_t K,
+                                                        int32_t* out, int64_t ldo) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  __m512i acc[TM][TN];
+  for (int i = 0; i < TM; ++i)
+    for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 64) {
+    const __mmask64 mask = K - k >= 64 ? ~0ULL : (1ULL << (K - k)) - 1;
+    __m512i w[TN];
+    for (int j = 0; j < TN; ++j) w[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, q + j * K + k), flip);
+    for (int i = 0; i < TM; ++i) {
+      const __m512i xv = _mm512_maskz_loadu_epi8(mask, x + i * ldx + k);
+      for (int j = 0; j < TN; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], w[j], xv);
+    }
+  }
+  for (int i = 0; i < TM; ++i)
+    for (int j = 0; j < TN; ++j) out[i * ldo + j] = _mm512_reduce_add_epi32(acc[i][j]);
+}
+
+// The 4 by 4 tile written out. GCC kept an array of 16 accumulators in registers but also copied and stored some of
+// them on every step, which made the tile about a third slower. LOAD is a full or a masked load of 64 bytes.
+#define MQ_VNNI_STEP(LOAD)                                                                                            \
+  {                                                                                                                   \
+    const __m512i w0 = _mm512_xor_si512(LOAD(q + k), flip), w1 = _mm512_xor_si512(LOAD(q + K + k), flip);           \
+    const __m512i w2 = _mm512_xor_si512(LOAD(q + 2 * K + k), flip);                                                 \
+    const __m512i w3 = _mm512_xor_si512(LOAD(q + 3 * K + k), flip);                                                 \
+    __m512i xv = LOAD(x + k);                                                                                         \
+    a00 = _mm512_dpbusd_epi32(a00, w0, xv); a01 = _mm512_dpbusd_epi32(a01, w1, xv);                                  \
+    a02 = _mm512_dpbusd_epi32(a02, w2, xv); a03 = _mm512_dpbusd_epi32(a03, w3, xv);                                  \
+    xv = LOAD(x + ldx + k);                                                                                           \
+    a10 = _mm512_dpbusd_epi32(a10, w0, xv); a11 = _mm512_dpbusd_epi32(a11, w1, xv);                                  \
+    a12 = _mm512_dpbusd_epi32(a12, w2, xv); a13 = _mm512_dpbusd_epi32(a13, w3, xv);                                  \
+    xv = LOAD(x + 2 * ldx + k);                                                                                       \
+    a20 = _mm512_dpbusd_epi32(a20, w0, xv); a21 = _mm512_dpbusd_epi32(a21, w1, xv);                                  \
+    a22 = _mm512_dpbusd_epi32(a22, w2, xv); a23 = _mm512_dpbusd_epi32(a23, w3, xv);                                  \
+    xv = LOAD(x + 3 * ldx + k);                                                                                       \
+    a30 = _mm512_dpbusd_epi32(a30, w0, xv); a31 = _mm512_dpbusd_epi32(a31, w1, xv);                                  \
+    a32 = _mm512_dpbusd_epi32(a32, w2, xv); a33 = _mm512_dpbusd_epi32(a33, w3, xv);                                  \
+  }
+#define MQ_LOAD_FULL(p) _mm512_loadu_si512(p)
+#define MQ_LOAD_MASKED(p) _mm512_maskz_loadu_epi8(mask, p)
+
+MQ_VNNI __attribute__((noinline)) static void tile_vnni_4x4(const int8_t* x, int64_t ldx, const int8_t* q, int64_t K,
+                                                            int32_t* out, int64_t ldo) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
+          a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) MQ_VNNI_STEP(MQ_LOAD_FULL)
+  if (k < K) {
+    const __mmask64 mask = (1ULL << (K - k)) - 1;
+    MQ_VNNI_STEP(MQ_LOAD_MASKED)
+  }
+  const __m512i sums[16] = {a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33};
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) out[i * ldo + j] = _mm512_reduce_add_epi32(sums[4 * i + j]);
+}
+
+// One tile of up to 4 rows of activation codes by TN weight rows, out[i * ldo + j].
+template <int TN>
+MQ_VNNI static void vnni_tile(int64_t tm, const int8_t* x, int64_t K, const int8_t* q, int32_t* out, int64_t ldo) {
+  if (tm == 4 && TN == 4) tile_vnni_4x4(x, K, q, K, out, ldo);
+  else if (tm == 4) tile_vnni<4, TN>(x, K, q, K, out, ldo);
+  if (tm == 3) tile_vnni<3, TN>(x, K, q, K, out, ldo);
+  if (tm == 2) tile_vnni<2, TN>(x, K, q, K, out, ldo);
+  if (tm == 1) tile_vnni<1, TN>(x, K, q, K, out, ldo);
+}
+
+// store(m, n, sum_k (q[n, k] + 128) x8[m, k]) for all M rows of x8 [M, K] and N weight rows, 4 by 4 tiles.
+template <class Store>
+static void run_int8_vnni(const int8_t* x8, int64_t M, int64_t K, const int8_t* q, int64_t N, const Store& store) {
+  constexpr int TN = 4;
+  auto tile = [&](int64_t tm, int64_t m, int64_t n0, int64_t tn, int32_t* acc) {
+    if (tn == TN) vnni_tile<TN>(tm, x8 + m * K, K, q + n0 * K, acc, TN);
+    else
+      for (int64_t j = 0; j < tn; ++j) vnni_tile<1>(tm, x8 + m * K, K, q + (n0 + j) * K, acc + j, tn);
+  };
+  for_each_int_tile<TN>(M, K, N, tile, store);
+}
+"""
+
 # %% ../nbs/01_kernels.ipynb #98313942
 _CPP_INT8_ACTIVATIONS = r"""
 static constexpr int64_t kInt8RowsMaxM = 3;  // dynamic mode with fewer rows of x uses dot_s8_row (measured)
@@ -780,7 +902,7 @@ static constexpr int64_t kInt8RowsMaxM = 3;  // dynamic mode with fewer rows of 
 // y[m, n] = (acc[m, n] - z_n * rowsum_m) * s_m * s_n + bias_n, acc = sum_k xq[m, k] * q[n, k] in int32.
 at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                          const c10::optional<at::Tensor>& zero_point, const c10::optional<at::Tensor>& bias,
-                         double act_scale, int64_t act_zero_point, int64_t act_qmin, int64_t act_qmax) {
+                         double act_scale, int64_t act_zero_point, int64_t act_qmin, int64_t act_qmax, bool use_vnni) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "x must be contiguous float32 [M, K]");
   TORCH_CHECK(qweight.scalar_type() == at::kChar && qweight.is_contiguous() && qweight.size(1) == x.size(1),
@@ -809,11 +931,46 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
   const int32_t* zp = zero_point ? zero_point->data_ptr<int32_t>() : nullptr;
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  auto epilogue = [&](int64_t m, int64_t n, int32_t acc) {
-    const int32_t a = acc - (zp ? zp[n] * xsum[m] : 0);
-    yp[m * N + n] = (float)a * xs[m] * sp[n] + (bp ? bp[n] : 0.f);
+  auto epilogue = [&](int64_t m, int64_t n, int64_t acc) {
+    const int64_t a = acc - (zp ? (int64_t)zp[n] * xsum[m] : 0);
+    // An explicit fma: the compiler may contract a * b + c differently where the lambda is inlined.
+    yp[m * N + n] = std::fma((float)a * xs[m], sp[n], bp ? bp[n] : 0.f);
   };
-  if (act_scale <= 0 && M < kInt8RowsMaxM) {  // dynamic codes fit in int8: one weight row at a time
+  const bool rows_loop = act_scale <= 0 && M < kInt8RowsMaxM;  // dynamic mode, few rows: dot_s8_row below
+  if (use_vnni && !rows_loop && cpu_has_vnni()) {
+    // The VNNI kernel takes the codes c = stored value + act_zero_point, which fit in int8. With a nonzero activation
+    // zero point, a last row of ones yields sum_k (q + 128) for each weight row.
+    const bool ones_row = act_zero_point != 0;
+    const int64_t rows = M + (ones_row ? 1 : 0);
+    std::vector<int8_t> x8(rows * K, 1);
+    std::vector<int64_t> csum(M, 0);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t c = xq[m * K + k] + (int32_t)act_zero_point;
+        x8[m * K + k] = (int8_t)c;
+        csum[m] += c;
+      }
+    if (!ones_row) {
+      run_int8_vnni(x8.data(), M, K, qp, N, [&](int64_t m, int64_t n, int32_t v) { epilogue(m, n, v - 128 * csum[m]); });
+      return y;
+    }
+    // The weight row sums come last, so the raw sums go into y's memory first and are turned into floats in place.
+    int32_t* raw = reinterpret_cast<int32_t*>(yp);
+    std::vector<int32_t> wsum(N);
+    run_int8_vnni(x8.data(), rows, K, qp, N, [&](int64_t m, int64_t n, int32_t v) {
+      if (m < M) raw[m * N + n] = v;
+      else wsum[n] = v;
+    });
+    at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(N, 1)), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t dot = (int64_t)raw[m * N + n] - 128 * csum[m];  // sum_k q (a + zero point)
+          epilogue(m, n, dot - act_zero_point * ((int64_t)wsum[n] - 128 * K));  // minus zero point * sum_k q
+        }
+    });
+    return y;
+  }
+  if (rows_loop) {  // dynamic codes fit in int8: one weight row at a time
     std::vector<int8_t> xq8(xq.begin(), xq.end());
     at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n)
@@ -821,26 +978,12 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
     });
     return y;
   }
-  // Each thread takes chunks of weight rows small enough to stay in L2 (128 KiB of codes) and walks the rows of x
-  // outside the weight rows, so 4 rows of codes stay in L1 while they meet the whole chunk.
   constexpr int TN = 2;
-  const int64_t chunk = std::max<int64_t>(TN, (128 * 1024 / std::max<int64_t>(K, 1)) / TN * TN);
-  at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
-    int32_t acc[4 * TN];
-    for (int64_t n_start = c0 * chunk; n_start < std::min(N, c1 * chunk); n_start += chunk) {
-      const int64_t n_end = std::min(N, n_start + chunk);
-      for (int64_t m = 0; m < M; m += 4) {
-        const int64_t tm = std::min<int64_t>(4, M - m);
-        for (int64_t n0 = n_start; n0 < n_end; n0 += TN) {
-          const int64_t tn = std::min<int64_t>(TN, n_end - n0);
-          if (tn == TN) int_tile<TN>(tm, xq.data() + m * K, K, qp + n0 * K, acc);
-          else int_tile<1>(tm, xq.data() + m * K, K, qp + n0 * K, acc);
-          for (int64_t i = 0; i < tm; ++i)
-            for (int64_t j = 0; j < tn; ++j) epilogue(m + i, n0 + j, acc[i * tn + j]);
-        }
-      }
-    }
-  });
+  auto tile = [&](int64_t tm, int64_t m, int64_t n0, int64_t tn, int32_t* acc) {
+    if (tn == TN) int_tile<TN>(tm, xq.data() + m * K, K, qp + n0 * K, acc);
+    else int_tile<1>(tm, xq.data() + m * K, K, qp + n0 * K, acc);
+  };
+  for_each_int_tile<TN>(M, K, N, tile, epilogue);
   return y;
 }
 """
@@ -855,7 +998,8 @@ TORCH_LIBRARY(MQ_NAMESPACE, m) {
   m.def("fp16_weight_only(Tensor x, Tensor weight, Tensor ones, Tensor? bias, int path, int block_rows) -> Tensor",
         &fp16_weight_only);
   m.def("int8_act_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? zero_point, Tensor? bias, float act_scale, "
-        "int act_zero_point, int act_qmin, int act_qmax) -> Tensor", &int8_act_int8);
+        "int act_zero_point, int act_qmin, int act_qmax, bool use_vnni) -> Tensor", &int8_act_int8);
+  m.def("has_vnni() -> bool", &cpu_has_vnni);
 }
 """
 
@@ -866,8 +1010,8 @@ def _cpp_source() -> tuple[str, str]:
     "Return `(name, source)`: the C++ cells joined, registered under a name that carries a hash of source and flags."
     # _CPP_PATHS uses every kernel above it.
     sections = [_CPP_PRELUDE, _CPP_CODES, _CPP_GEMV, _CPP_TILES, _CPP_PREPARE, _CPP_GEMV_FIXED, _CPP_PATHS,
-                _CPP_WEIGHT_ONLY, _CPP_QUANTIZE_ROWS, _CPP_INT_TILES, _CPP_INT8_ROWS, _CPP_INT8_ACTIVATIONS,
-                _CPP_REGISTER]
+                _CPP_WEIGHT_ONLY, _CPP_QUANTIZE_ROWS, _CPP_INT_TILES, _CPP_INT8_ROWS, _CPP_INT8_VNNI,
+                _CPP_INT8_ACTIVATIONS, _CPP_REGISTER]
     body = "\n".join(sections)
     digest = hashlib.sha256((body + " ".join(_CXX_FLAGS)).encode()).hexdigest()[:12]
     name = f"mono_quant_kernels_{digest}"
@@ -925,6 +1069,16 @@ def _kernel_ops():
     "Return the kernel namespace, or None when the fallback must be used."
     if _kernel_mode() == "fallback": return None
     return _load_kernels()[0]
+
+@lru_cache(maxsize=1)
+def _cpu_has_vnni() -> bool:
+    "Ask the compiled kernels whether this CPU runs AVX-512 VNNI (read once per process)."
+    return bool(_load_kernels()[0].has_vnni())
+
+def kernel_isa() -> Optional[str]:
+    "Name the instructions of the integer-activation kernels: `'avx512-vnni'`, `'avx2'`, or None under the fallback."
+    if _kernel_ops() is None: return None
+    return "avx512-vnni" if _kernel_mode() == "auto" and _cpu_has_vnni() else "avx2"
 
 # %% ../nbs/01_kernels.ipynb #1ac0146a
 FLOAT_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -1184,9 +1338,10 @@ def _linear_int8_act(x, qweight, scale, zero_point, bias, act_scale, act_zero_po
     scale, zero_point, _ = _qparams(scale, zero_point, out_features, in_features, None, fn)
     _check_bias(bias, out_features, fn)
     rows, ops = _rows(x), _kernel_for(x, bias)
+    vnni = ops is not None and kernel_isa() == "avx512-vnni"
     if ops is None or in_features > _INT_KERNEL_MAX_K:
         y = _fallback_int8_act(rows, qweight, scale, zero_point, bias, act_scale, act_zero_point)
-    elif _int_act_via_float(rows.shape[0], in_features):
+    elif not vnni and _int_act_via_float(rows.shape[0], in_features):
         codes, act = _quantize_activations(rows, act_scale, act_zero_point)  # [M, K] codes minus zero point
         y = linear_int8(codes * act, qweight, scale, zero_point, bias)  # the same products, summed in float32
     else:
@@ -1195,7 +1350,7 @@ def _linear_int8_act(x, qweight, scale, zero_point, bias, act_scale, act_zero_po
         qmin, qmax = qrange(8, symmetric=False)
         # a negative act_scale selects the dynamic per-row scale in the kernel
         y = ops.int8_act_int8(rows, qweight.contiguous(), scale.view(-1), zp, b,
-                              -1.0 if act_scale is None else act_scale, act_zero_point, qmin, qmax)
+                              -1.0 if act_scale is None else act_scale, act_zero_point, qmin, qmax, vnni)
     return _output(y, x)
 
 # %% ../nbs/01_kernels.ipynb #18572a5d
