@@ -242,12 +242,12 @@ static float gemv_row_chunked(const float* x, const float* xsum, const Codes& c,
 
 # %% ../nbs/01_kernels.ipynb #bdfba896
 _CPP_GEMV_FIXED = r"""
-// Batch-1 kernels with x at 16-bit fixed point. Chunk c of x (kFixedChunk inputs, or the weight group when that is
-// shorter) is rounded to xq = round(x / 2^e_c), with the smallest power of two 2^e_c that keeps |xq| <= 32767.
+// Batch-1 kernels with x at 16-bit fixed point. Chunk c of x (kFixedChunk inputs, or 64 or 32 when the weight groups
+// do not split into chunks of 128) is rounded to xq = round(x / 2^e_c), with the smallest power of two 2^e_c that keeps |xq| <= 32767.
 // _mm256_madd_epi16 then multiplies 16 weight codes by 16 x codes and adds neighbours into exact int32 sums.
 static constexpr int64_t kFixedChunk = 128;
 static constexpr float kFixedMax = 32767.f;
-static constexpr float kFixedMinAmax = 1e-30f;  // below this, 2^-e_c would not fit in a float
+static constexpr float kFixedMinAmax = 1e-30f;  // smaller chunks take the float loop: their steps near subnormals
 
 // Which codes have a fixed-point kernel, and how many inputs one step of it reads (0: none).
 template <class Codes> struct FixedPoint { static constexpr int64_t kBlock = 0; };
@@ -343,9 +343,10 @@ static inline __m256i fixed_block(const Int4Codes& c, int64_t k, const int16_t* 
   return int4_fixed_block(c.p + k / 2, xq + k);
 }
 
-// One weight row against a fixed-point row of x: sum over chunks of s_g 2^e_c (codes . xq), the inputs past Kw in
+// One weight row against a fixed-point row of x: sum over chunks of s_g (2^e_c (codes . xq)), the inputs past Kw in
 // float, and the zero-point correction with the group sums of the rounded x. A chunk's int32 sum stays below
-// 128 * 128 * 32767 < 2^31.
+// 128 * 128 * 32767 < 2^31. The step multiplies first: s_g * 2^e_c alone can underflow or overflow where the product
+// with the sum does not.
 template <class Codes>
 static float gemv_row_fixed(const FixedRow& xr, const float* x, const Codes& c, const QParams& qp, int64_t K) {
   constexpr int64_t B = FixedPoint<Codes>::kBlock;
@@ -353,9 +354,9 @@ static float gemv_row_fixed(const FixedRow& xr, const float* x, const Codes& c, 
   if (B == 64 && xr.chunk == 32) {  // each 64-block spans chunks 2b (lanes 0-3) and 2b + 1 (lanes 4-7)
     for (int64_t k = 0, ci = 0; k < xr.Kw; k += 64, ci += 2) {
       c.prefetch(0, k);
-      const __m256 s = _mm256_setr_m128(_mm_set1_ps(qp.s(0, k / qp.g) * xr.step[ci]),
-                                        _mm_set1_ps(qp.s(0, (k + 32) / qp.g) * xr.step[ci + 1]));
-      total = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fixed_block(c, k, xr.q)), s, total);
+      const __m256 step = _mm256_setr_m128(_mm_set1_ps(xr.step[ci]), _mm_set1_ps(xr.step[ci + 1]));
+      const __m256 s = _mm256_setr_m128(_mm_set1_ps(qp.s(0, k / qp.g)), _mm_set1_ps(qp.s(0, (k + 32) / qp.g)));
+      total = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(fixed_block(c, k, xr.q)), step), s, total);
     }
   } else {
     for (int64_t ci = 0, k0 = 0; k0 < xr.Kw; ++ci, k0 += xr.chunk) {
@@ -365,7 +366,8 @@ static float gemv_row_fixed(const FixedRow& xr, const float* x, const Codes& c, 
         c.prefetch(0, k);
         acc = _mm256_add_epi32(acc, fixed_block(c, k, xr.q));
       }
-      total = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(qp.s(0, k0 / qp.g) * xr.step[ci]), total);
+      const __m256 codes_dot_x = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(xr.step[ci]));  // exact
+      total = _mm256_fmadd_ps(codes_dot_x, _mm256_set1_ps(qp.s(0, k0 / qp.g)), total);
     }
   }
   float tail = 0.f;  // the inputs past Kw, times the stored code
