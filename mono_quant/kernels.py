@@ -1202,9 +1202,18 @@ def _int_act_via_float(rows:int, in_features:int) -> bool:
     "Tell whether integer activations run faster dequantized through the weight-only kernel than in the int8 tiles."
     return rows >= _VIA_FLOAT_MIN_ROWS and in_features < _VIA_FLOAT_MAX_K
 
-def _weight_only_path(rows:int) -> int:
+_GEMV_MAX_ROWS = {"int8": 2, "int4": 4}  # large weights: rows of x up to which path 0, once per row, beats the tiles
+_GEMV_MIN_CODES = 1 << 20  # smaller weights stay in cache, and there the tiles won from 2 rows (measured)
+
+def _gemv_max_rows(kind:str, out_features:int, in_features:int, group:int) -> int:
+    "Return the most rows of x that the batch-1 kernel should take, run once per row."
+    fixed_point = group >= in_features or group % 32 == 0  # the groups the fixed-point kernel takes
+    if out_features * in_features < _GEMV_MIN_CODES or not fixed_point: return 1
+    return _GEMV_MAX_ROWS.get(kind, 1)
+
+def _weight_only_path(rows:int, gemv_max_rows:int=1) -> int:
     "Pick the weight-only kernel for `rows` rows of x."
-    if rows <= 1: return _PATH_GEMV
+    if rows <= gemv_max_rows: return _PATH_GEMV
     return _PATH_TILES if rows < _BLOCKED_MIN_ROWS else _PATH_BLOCKED
 
 def _block_rows(in_features:int) -> int:
@@ -1238,8 +1247,8 @@ def linear_int8(x:torch.Tensor, # activations [..., K]: float32, bfloat16 or flo
         y = _fallback_weight_only(rows, lambda r: qweight[r], scale, zero_point, bias, group, out_features)
     else:
         b = None if bias is None else bias.float().contiguous()
-        y = ops.int8_weight_only(rows, qweight.contiguous(), scale, zero_point, b, group,
-                                 _weight_only_path(rows.shape[0]), _block_rows(in_features))
+        path = _weight_only_path(rows.shape[0], _gemv_max_rows("int8", out_features, in_features, group))
+        y = ops.int8_weight_only(rows, qweight.contiguous(), scale, zero_point, b, group, path, _block_rows(in_features))
     return _output(y, x)
 
 # %% ../nbs/01_kernels.ipynb #1e09f7c7
@@ -1272,8 +1281,8 @@ def linear_int4(x:torch.Tensor, # activations [..., K]: float32, bfloat16 or flo
         y = _fallback_weight_only(rows, read, scale, zero_point, bias, group, out_features)
     else:
         b = None if bias is None else bias.float().contiguous()
-        y = ops.int4_weight_only(rows, packed.contiguous(), scale, zero_point, b, group,
-                                 _weight_only_path(rows.shape[0]), _block_rows(in_features))
+        path = _weight_only_path(rows.shape[0], _gemv_max_rows("int4", out_features, in_features, group))
+        y = ops.int4_weight_only(rows, packed.contiguous(), scale, zero_point, b, group, path, _block_rows(in_features))
     return _output(y, x)
 
 # %% ../nbs/01_kernels.ipynb #fe507f1b
@@ -1320,9 +1329,11 @@ def _weight_only_direct(kind:str, # 'int8', 'int4' or 'fp16'
     if bias is not None and bias.shape != (out_features,): return None
     ops = _kernel_ops()
     if ops is None: return None
-    path, block_rows = _weight_only_path(x.shape[0]), _block_rows(in_features)
-    if kind == "fp16": return ops.fp16_weight_only(x, codes, _unit_scale(out_features), bias, path, block_rows)
+    block_rows = _block_rows(in_features)
+    if kind == "fp16":
+        return ops.fp16_weight_only(x, codes, _unit_scale(out_features), bias, _weight_only_path(x.shape[0]), block_rows)
     group = in_features if group_size is None else group_size
+    path = _weight_only_path(x.shape[0], _gemv_max_rows(kind, out_features, in_features, group))
     groups = -(-in_features // group)
     if scale.dtype is not torch.float32 or not scale.is_contiguous(): return None
     if scale.shape != (out_features, groups) and (groups != 1 or scale.shape != (out_features,)): return None
