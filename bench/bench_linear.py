@@ -112,6 +112,17 @@ def kernel_path(linear, path):
     return forward, weight_bytes(qw.data, qw.scale)
 
 
+def int4_kernel_path(linear, path, group_size=128):
+    "The int4 weight-only C++ op with groups of 128 forced onto one path, as kernel_path."
+    ops = kernels._kernel_ops()
+    qw = quantize_weight(linear.weight.detach(), bits=4, group_size=group_size)
+    packed, in_features = pack_int4(qw.data), linear.in_features
+    scale = qw.scale.reshape(linear.out_features, -1).contiguous()  # [N, G]
+    block_rows = kernels._block_rows(in_features)
+    forward = lambda x: ops.int4_weight_only(x, packed, scale, None, None, group_size, path, block_rows)
+    return forward, weight_bytes(packed, qw.scale)
+
+
 MAIN_VARIANTS = {
     "float32 nn.Linear": float_layer,
     "int8 weight-only": int8_weight_only,
@@ -144,6 +155,9 @@ PATH_VARIANTS = {
     "int8 path 1 (tiles)": lambda linear: kernel_path(linear, 1),
     "int8 path 2 (blocked)": lambda linear: kernel_path(linear, 2),
     "int8 path 3 (blocked, BLAS)": lambda linear: kernel_path(linear, 3),
+    "int4 g128 path 0 (batch-1 kernel)": lambda linear: int4_kernel_path(linear, 0),
+    "int4 g128 path 1 (tiles)": lambda linear: int4_kernel_path(linear, 1),
+    "int4 g128 path 2 (blocked)": lambda linear: int4_kernel_path(linear, 2),
 }
 
 

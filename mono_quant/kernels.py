@@ -1202,7 +1202,7 @@ def _int_act_via_float(rows:int, in_features:int) -> bool:
     "Tell whether integer activations run faster dequantized through the weight-only kernel than in the int8 tiles."
     return rows >= _VIA_FLOAT_MIN_ROWS and in_features < _VIA_FLOAT_MAX_K
 
-_GEMV_MAX_ROWS = {"int8": 2, "int4": 4}  # large weights: rows of x up to which path 0, once per row, beats the tiles
+_GEMV_MAX_ROWS = {"int8": 2, "int4": 8}  # large weights: rows of x up to which path 0, once per row, beats the tiles
 _GEMV_MIN_CODES = 1 << 20  # smaller weights stay in cache, and there the tiles won from 2 rows (measured)
 
 def _gemv_max_rows(kind:str, out_features:int, in_features:int, group:int) -> int:
