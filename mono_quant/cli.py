@@ -217,6 +217,10 @@ def main(argv:Optional[Sequence[str]]=None, # arguments without the program name
         return _fail(str(e), e.code, 0)
     verbose = args.verbose
     _configure_logging(verbose)
+    if args.func is not cmd_info:  # every other command runs the kernels
+        from mono_quant.kernels import _kernel_mode
+        try: _kernel_mode()  # an invalid MONO_QUANT_KERNELS is a configuration error, reported before any work
+        except ValueError as e: return _fail(str(e), ExitCode.USAGE, verbose)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import platform
 import sys
@@ -672,9 +673,12 @@ _CPP_QUANTIZE_ROWS = r"""
 // Quantize one row of x to codes c and store c - zero_point as int16, with the row's scale and sum of stored values.
 // Dynamic (act_scale <= 0): s = max(amax / 127, eps), zero point 0, codes in [-127, 127].
 // Static: s = act_scale, c = clamp(round(x / s) + zero_point, qmin, qmax).
-static void quantize_row(const float* x, int64_t K, float act_scale, int32_t zero_point, int32_t qmin, int32_t qmax,
+// Returns true when the row's outputs must be NaN, as in the fallback: the row holds a NaN, or, in the dynamic mode,
+// an inf, which makes its scale inf.
+static bool quantize_row(const float* x, int64_t K, float act_scale, int32_t zero_point, int32_t qmin, int32_t qmax,
                          int16_t* out, float* row_scale, int32_t* row_sum) {
   float s = act_scale;
+  bool infinite_scale = false;
   if (s <= 0.f) {
     __m256 m = _mm256_setzero_ps();
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -684,6 +688,7 @@ static void quantize_row(const float* x, int64_t K, float act_scale, int32_t zer
     _mm256_store_ps(lanes, m);
     float amax = *std::max_element(lanes, lanes + 8);
     for (; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
+    infinite_scale = std::isinf(amax);
     s = std::max(amax / 127.f, std::numeric_limits<float>::epsilon());
     zero_point = 0; qmin = -127; qmax = 127;
   }
@@ -692,21 +697,27 @@ static void quantize_row(const float* x, int64_t K, float act_scale, int32_t zer
   const float lo = (float)(qmin - zero_point), hi = (float)(qmax - zero_point);
   const __m256 sv = _mm256_set1_ps(s), lov = _mm256_set1_ps(lo), hiv = _mm256_set1_ps(hi);
   __m256i sum = _mm256_setzero_si256();
+  __m256 nan_lanes = _mm256_setzero_ps();  // all bits set in a lane that met a NaN
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    const __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(_mm256_loadu_ps(x + k), sv), lov), hiv);
+    const __m256 xv = _mm256_loadu_ps(x + k);
+    nan_lanes = _mm256_or_ps(nan_lanes, _mm256_cmp_ps(xv, xv, _CMP_UNORD_Q));
+    const __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(xv, sv), lov), hiv);
     const __m256i c = _mm256_cvtps_epi32(v);  // nearest, ties to even, as torch.round
     sum = _mm256_add_epi32(sum, c);
     _mm_storeu_si128((__m128i*)(out + k), _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
   }
   int32_t total = hsum8i(sum);
+  bool has_nan = _mm256_movemask_ps(nan_lanes) != 0;
   for (; k < K; ++k) {
+    has_nan = has_nan || std::isnan(x[k]);
     const int32_t c = (int32_t)std::nearbyint(std::min(std::max(x[k] / s, lo), hi));
     out[k] = (int16_t)c;
     total += c;
   }
   *row_scale = s;
   *row_sum = total;
+  return has_nan || infinite_scale;
 }
 """
 
@@ -931,12 +942,13 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
   std::vector<int16_t> xq(M * K);
   std::vector<float> xs(M);
   std::vector<int32_t> xsum(M);
+  std::vector<char> nan_row(M);
   const float* xp = x.data_ptr<float>();
   // A second parallel region costs a thread wake-up, so small batches are quantized on the calling thread.
   at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(K, 1)), [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
-      quantize_row(xp + m * K, K, (float)act_scale, (int32_t)act_zero_point, (int32_t)act_qmin, (int32_t)act_qmax,
-                   xq.data() + m * K, &xs[m], &xsum[m]);
+      nan_row[m] = quantize_row(xp + m * K, K, (float)act_scale, (int32_t)act_zero_point, (int32_t)act_qmin,
+                                (int32_t)act_qmax, xq.data() + m * K, &xs[m], &xsum[m]);
   });
   const int8_t* qp = qweight.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
@@ -944,6 +956,10 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   auto epilogue = [&](int64_t m, int64_t n, int64_t acc) {
+    if (nan_row[m]) {
+      yp[m * N + n] = std::numeric_limits<float>::quiet_NaN();
+      return;
+    }
     const int64_t a = acc - (zp ? (int64_t)zp[n] * xsum[m] : 0);
     // An explicit fma: the compiler may contract a * b + c differently where the lambda is inlined.
     yp[m * N + n] = std::fma((float)a * xs[m], sp[n], bp ? bp[n] : 0.f);
@@ -1125,6 +1141,12 @@ def _qparams(scale, zero_point, out_features:int, in_features:int, group_size:Op
     groups = 1 if group_size is None else -(-in_features // group_size)
     if not torch.is_tensor(scale) or not scale.is_floating_point():
         raise TypeError(f"{fn}: scale must be a float tensor, but got {type(scale).__name__}.")
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if scale.numel() and not tracing:  # a traced or exported graph cannot branch on values, so it skips the check
+        low, high = (v.item() for v in torch.aminmax(scale.detach()))
+        if not (low >= 0 and high < math.inf):  # also false for a NaN
+            raise ValueError(f"{fn}: scale holds values from {low} to {high}; scales must be finite and not negative, "
+                             "as quantize_weight returns them.")
     if zero_point is None and scale.dtype == torch.float32 and scale.ndim in (1, 2) and scale.is_contiguous() \
             and scale.shape[0] == out_features and scale.numel() == out_features * groups:  # [N] or [N, G]
         if scale.ndim == 1: scale = scale.view(out_features, groups)  # a view costs microseconds, so only [N] gets one

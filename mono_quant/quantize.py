@@ -108,23 +108,29 @@ class _Settings:
     def static(self) -> bool: return self.activations == "static"
 
 # %% ../nbs/05_quantize.ipynb #970a4e36
+def _describe(value) -> str:
+    "Show `value` in an error message: a tensor by its shape and dtype, anything else by a repr cut to 80 characters."
+    if torch.is_tensor(value): return f"<tensor of shape {tuple(value.shape)}, {value.dtype}>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
 def _check_bool(name:str, value, allow_none:bool=False):
     "Raise `TypeError` unless `value` is a bool (or None when allowed)."
     if isinstance(value, bool) or (allow_none and value is None): return
-    raise TypeError(f"{name}={value!r} is not a bool; pass True or False{' (or None for automatic)' if allow_none else ''}.")
+    raise TypeError(f"{name}={_describe(value)} is not a bool; pass True or False{' (or None for automatic)' if allow_none else ''}.")
 
 # %% ../nbs/05_quantize.ipynb #88c69abb
 def _check_bits(bits):
     "Raise `ValueError` unless `bits` is 4, 8 or 16."
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in VALID_BITS:
-        raise ValueError(f"bits={bits!r} is not supported; use one of {VALID_BITS}: 8 for INT8, "
+        raise ValueError(f"bits={_describe(bits)} is not supported; use one of {VALID_BITS}: 8 for INT8, "
                          "4 for INT4 group-wise Linear weights, 16 for FP16.")
 
 # %% ../nbs/05_quantize.ipynb #28bf7d95
 def _check_group_size(group_size):
     "Raise `ValueError` unless `group_size` is a positive integer."
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size={group_size!r} is invalid; use a positive integer such as 32, 64 or 128, "
+        raise ValueError(f"group_size={_describe(group_size)} is invalid; use a positive integer such as 32, 64 or 128, "
                          "the number of consecutive input weights that share one INT4 scale.")
 
 # %% ../nbs/05_quantize.ipynb #4e5a8459
@@ -133,11 +139,11 @@ def _check_names(name:str, value) -> tuple:
     if value is None: return ()
     if isinstance(value, str): value = (value,)
     if not isinstance(value, Iterable):
-        raise TypeError(f"{name}={value!r} is not a list of layer names; pass e.g. {name}=['classifier'].")
+        raise TypeError(f"{name}={_describe(value)} is not a list of layer names; pass e.g. {name}=['classifier'].")
     value = tuple(value)
     for pattern in value:
         if not isinstance(pattern, str) or not pattern:
-            raise TypeError(f"{name} contains {pattern!r}, which is not a layer name; "
+            raise TypeError(f"{name} contains {_describe(pattern)}, which is not a layer name; "
                             f"pass non-empty strings, e.g. {name}=['classifier'].")
     return value
 
@@ -150,7 +156,7 @@ def _check_types(value) -> tuple:
     for cls in value:
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             example = f"torch.nn.{cls}" if isinstance(cls, str) else "torch.nn.Linear"
-            raise TypeError(f"skip_layer_types contains {cls!r}, which is not a module class; "
+            raise TypeError(f"skip_layer_types contains {_describe(cls)}, which is not a module class; "
                             f"pass classes, not strings or instances, e.g. skip_layer_types=[{example}].")
     return value
 
@@ -158,7 +164,7 @@ def _check_types(value) -> tuple:
 def _check_threshold(value):
     "Raise unless `skip_param_threshold` is a non-negative integer."
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"skip_param_threshold={value!r} is not an integer; pass a parameter count such as 1000, or 0.")
+        raise TypeError(f"skip_param_threshold={_describe(value)} is not an integer; pass a parameter count such as 1000, or 0.")
     if value < 0:
         raise ValueError(f"skip_param_threshold={value} is negative; use 0 to quantize layers of every size, "
                          "or a positive parameter count below which layers stay in float.")
@@ -168,14 +174,14 @@ def _check_sqnr_threshold(value):
     "Raise unless `sqnr_threshold` is a number of dB or None."
     if value is None: return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise TypeError(f"sqnr_threshold={value!r} is not a number; pass a level in dB such as 20.0, or None to turn "
+        raise TypeError(f"sqnr_threshold={_describe(value)} is not a number; pass a level in dB such as 20.0, or None to turn "
                         "the warning off.")
 
 # %% ../nbs/05_quantize.ipynb #0b62b6b5
 def _check_choice(name:str, value, choices):
     "Raise `ValueError` unless `value` is one of `choices`."
     if isinstance(value, bool) or value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; use one of {tuple(choices)}.")
+        raise ValueError(f"{name}={_describe(value)} is not supported; use one of {tuple(choices)}.")
 
 # %% ../nbs/05_quantize.ipynb #a12b3e9e
 def _check_combination(s:_Settings):
@@ -280,17 +286,25 @@ def _unsupported_reason(module:nn.Module) -> Optional[str]:
     return None
 
 # %% ../nbs/05_quantize.ipynb #94c40401
+def _count_non_finite(t:torch.Tensor) -> int:
+    "Count NaN and Inf values, with one pass for a finite tensor: a NaN or Inf always makes the sum non-finite."
+    if math.isfinite(t.sum(dtype=torch.float32).item()): return 0
+    return int((~torch.isfinite(t)).sum())
+
 def _check_weight(name:str, module:nn.Module, bits:int):
     "Raise `ValueError` for a weight that cannot be quantized: on the meta device, non-finite, or beyond FP16 at bits=16."
     w = module.weight.detach()
     if w.is_meta:
         raise ValueError(f"layer {name!r} has its weight on the meta device; load the weights before quantizing.")
-    n_bad = 0
-    if not math.isfinite(w.sum(dtype=torch.float32).item()):  # one pass; a NaN or Inf always makes the sum non-finite
-        n_bad = int((~torch.isfinite(w)).sum())
+    n_bad = _count_non_finite(w)
     if n_bad:
         raise ValueError(f"layer {name!r} has {n_bad} non-finite weight value(s) (NaN or Inf); fix the weights, or keep "
                          f"the layer in float with skip_layer_names=[{name!r}].")
+    bias = getattr(module, "bias", None)
+    n_bad = _count_non_finite(bias.detach()) if bias is not None and bias.is_floating_point() else 0
+    if n_bad:  # the quantized layer would output NaN or Inf wherever the bias is
+        raise ValueError(f"layer {name!r} has {n_bad} non-finite bias value(s) (NaN or Inf); fix the bias before "
+                         "quantizing.")
     peak = w.abs().max().item() if bits == 16 and w.numel() else 0.0
     if peak > FP16_MAX:
         raise ValueError(f"layer {name!r} has a weight of magnitude {peak:.6g}, beyond the FP16 maximum {FP16_MAX:.0f}; "
@@ -732,6 +746,9 @@ def dynamic_quantize(model:nn.Module, # float model; copied unless inplace=True
                     ) -> tuple[nn.Module, dict]:
     "Quantize weights (and optionally activations, at run time) without calibration; return `(q_model, skipped)`."
     _check_model(model)
+    if torch.is_tensor(bits) or isinstance(bits, (list, tuple)):
+        raise TypeError(f"dynamic_quantize takes no calibration data, but bits={_describe(bits)}; pass bits as 4, 8 or "
+                        "16, and calibration data to static_quantize(model, calibration_data).")
     if activations == "static":
         raise ValueError("activations='static' needs calibration data; use static_quantize(model, calibration_data) "
                          "or quantize(model, calibration_data=...).")

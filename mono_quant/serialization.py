@@ -58,6 +58,17 @@ def _corrupt(path, problem:str) -> SerializationError:
     return _load_error(path, problem, "The file is truncated or corrupted; save the model again or restore the file from a copy.")
 
 # %% ../nbs/06_serialization.ipynb #ef8f4db5
+def _model_path(path, writing:bool) -> Path:
+    "Return `path` as a `Path`, raising `TypeError` for a non-path and `IsADirectoryError` for a folder."
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}; pass a path such "
+                        "as 'model.safetensors'.")
+    path = Path(path)
+    if path.is_dir():
+        action = "cannot write" if writing else "cannot read"
+        raise IsADirectoryError(f"{action} {path}: it is a folder; pass a file path such as {path / 'model.safetensors'}.")
+    return path
+
 def _container(path:Path) -> str:
     "Return `'safetensors'` or `'pt'` for the suffix of `path`; raise `ValueError` for any other suffix."
     kind = EXTENSIONS.get(path.suffix.lower())
@@ -82,6 +93,8 @@ def _fsync_folder(folder:Path):
 def _atomic_write(path:Path, write:Callable):
     "Call `write(file)` on a temporary file next to `path`, fsync it and rename it to `path`; remove it on failure."
     path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {path.parent} is a file, not a folder; choose another path.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it first.")
     if path.is_dir():
@@ -401,7 +414,7 @@ def save_model(model:nn.Module, # a quantized or float model; it is not modified
                native:bool=True, # True: float weights any PyTorch code can load; False: the compact quantized layout
               ) -> Path:
     "Write `model` to `path` atomically, as a float state dict (`native=True`) or in the compact quantized layout."
-    path = Path(path)
+    path = _model_path(path, writing=True)
     container = _container(path)
     _check_bool("native", native)
     if not isinstance(model, nn.Module):
@@ -581,7 +594,7 @@ def load_model(path:Union[str, os.PathLike], # a file written by save_model, or 
               ) -> nn.Module:
     "Load `path` into the skeleton `model` in place, rebuilding quantized layers from a compact file; return the model."
     # NOTE: when the saved model is one quantized layer, the return value is a new module and `model` stays unchanged.
-    path = Path(path)
+    path = _model_path(path, writing=False)
     container = _container(path)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a freshly built nn.Module of the saved architecture, got {type(model).__name__}.")

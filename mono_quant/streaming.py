@@ -532,6 +532,8 @@ def _write_tensor(fd:int, job:_ShardJob, name:str, spans:dict):
 
 def _write_file(path:Path, outputs:dict, metadata:dict, fill:Callable[[int, dict], None]) -> str:
     "Write a compact file atomically: `fill(fd, spans)` writes the tensor data, then the digest and header follow."
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; pass a file path such as {path / 'model.safetensors'}.")
     header, spans = _layout(outputs, {**metadata, "sha256": _DIGEST_PLACEHOLDER})
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -548,7 +550,10 @@ def _write_file(path:Path, outputs:dict, metadata:dict, fill:Callable[[int, dict
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    try: os.replace(tmp, path)
+    except BaseException:  # the file is complete, but the target cannot take it: leave nothing behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_folder(path.parent)
     return digest
 

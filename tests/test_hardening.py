@@ -357,6 +357,24 @@ def test_cli_calibration_folder_error(cli_files, capsys):
     assert_cli_error(result, 2, f"calibration file {cli_files['work']} is a folder")
 
 
+def test_cli_output_folder_error(cli_files, capsys):
+    work = cli_files["work"]
+    folder_target = work / "taken.safetensors"
+    folder_target.mkdir()
+    for source in (cli_files["state_st"], cli_files["cnn"]):  # streamed tensor by tensor, and quantize() on a module
+        result = run_cli(capsys, "quantize", "--model", source, "--allow-pickle", "--output", folder_target)
+        assert_cli_error(result, 5, "taken.safetensors: it is a folder")
+    assert not [p.name for p in work.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_invalid_kernel_setting(cli_files, capsys, monkeypatch):
+    monkeypatch.setenv("MONO_QUANT_KERNELS", "fast")
+    output = cli_files["work"] / "never-written.safetensors"
+    result = run_cli(capsys, "quantize", "--model", cli_files["state_st"], "--output", output)
+    assert_cli_error(result, 2, "MONO_QUANT_KERNELS='fast' is invalid")
+    assert not output.exists()
+
+
 def test_cli_missing_packages(cli_files, capsys, monkeypatch):
     folder = cli_files["work"] / "hf"
     write_file(folder / "config.json", '{"model_type": "bert"}')
