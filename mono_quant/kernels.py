@@ -65,7 +65,6 @@ _CPP_PRELUDE = r"""
 #include <torch/library.h>
 #include <immintrin.h>
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -76,6 +75,13 @@ static inline float hsum8(__m256 v) {  // sum of the 8 lanes
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+static inline float hmax8(__m256 v) {  // the largest of the 8 lanes
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
@@ -245,11 +251,12 @@ static float gemv_row_chunked(const float* x, const float* xsum, const Codes& c,
 # %% ../nbs/01_kernels.ipynb #bdfba896
 _CPP_GEMV_FIXED = r"""
 // Batch-1 kernels with x at 16-bit fixed point. Chunk c of x (kFixedChunk inputs, or 64 or 32 when the weight groups
-// do not split into chunks of 128) is rounded to xq = round(x / 2^e_c), with the smallest power of two 2^e_c that keeps |xq| <= 32767.
-// _mm256_madd_epi16 then multiplies 16 weight codes by 16 x codes and adds neighbours into exact int32 sums.
+// do not split into chunks of 128) is rounded to xq = round(x / 2^e_c), with the smallest power of two 2^e_c that
+// keeps |xq| <= 32767. _mm256_madd_epi16 then multiplies 16 weight codes by 16 x codes into exact int32 pair sums.
 static constexpr int64_t kFixedChunk = 128;
 static constexpr float kFixedMax = 32767.f;
-static constexpr float kFixedMinAmax = 1e-30f;  // smaller chunks take the float loop: their steps near subnormals
+static constexpr float kFixedMinAmax = 1e-30f;  // a smaller nonzero chunk maximum takes the float loop, because its
+                                                // step would approach the subnormal floats
 
 // Which codes have a fixed-point kernel, and how many inputs one step of it reads (0: none).
 template <class Codes> struct FixedPoint { static constexpr int64_t kBlock = 0; };
@@ -260,13 +267,6 @@ template <> struct FixedPoint<Int4Codes> { static constexpr int64_t kBlock = 64;
 static int64_t fixed_chunk(const QParams& qp) {
   if (qp.G == 1 || qp.g % kFixedChunk == 0) return kFixedChunk;
   return qp.g % 64 == 0 ? 64 : qp.g % 32 == 0 ? 32 : 0;
-}
-
-static inline float hmax8(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // One row of x at fixed point: codes for the first Kw inputs (Kw = K rounded down to whole steps), the step 2^e_c of
@@ -684,9 +684,7 @@ static bool quantize_row(const float* x, int64_t K, float act_scale, int32_t zer
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + k), abs_mask));
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, m);
-    float amax = *std::max_element(lanes, lanes + 8);
+    float amax = hmax8(m);
     for (; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
     infinite_scale = std::isinf(amax);
     s = std::max(amax / 127.f, std::numeric_limits<float>::epsilon());
@@ -754,16 +752,15 @@ __attribute__((noinline)) static void tile_int(const int16_t* x, int64_t ldx, co
 // whole chunk. tile(tm, m, n0, tn, acc) fills acc[i * tn + j] for tm rows of x from m and tn weight rows from n0, and
 // store(m, n, sum) takes each sum.
 template <int TN, class Tile, class Store>
-static void for_each_int_tile(int64_t M, int64_t K, int64_t N, const Tile& tile, const Store& store,
-                              const int8_t* q = nullptr) {
+static void for_each_int_tile(int64_t M, int64_t K, int64_t N, const int8_t* q, const Tile& tile, const Store& store) {
   const int64_t chunk = std::max<int64_t>(TN, (128 * 1024 / std::max<int64_t>(K, 1)) / TN * TN);
   at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
     int32_t acc[4 * TN];
     for (int64_t n_start = c0 * chunk; n_start < std::min(N, c1 * chunk); n_start += chunk) {
       const int64_t n_end = std::min(N, n_start + chunk);
-      // With q given, each tile asks for a share of the next chunk's cache lines, so that chunk arrives from memory
-      // while this one is multiplied.
-      const int64_t next_bytes = q ? (std::min(N, n_end + chunk) - n_end) * K : 0;
+      // Each tile asks for a share of the next chunk's cache lines, so that chunk arrives from memory while this one
+      // is multiplied.
+      const int64_t next_bytes = (std::min(N, n_end + chunk) - n_end) * K;
       const int64_t tiles = ((M + 3) / 4) * ((n_end - n_start + TN - 1) / TN);
       const int64_t lines_per_tile = (next_bytes / 64 + tiles - 1) / tiles;
       int64_t next_line = 0;
@@ -856,8 +853,8 @@ MQ_VNNI __attribute__((noinline)) static void tile_vnni(const int8_t* x, int64_t
     for (int j = 0; j < TN; ++j) out[i * ldo + j] = _mm512_reduce_add_epi32(acc[i][j]);
 }
 
-// The 4 by 4 tile written out. GCC kept an array of 16 accumulators in registers but also copied and stored some of
-// them on every step, which made the tile about a third slower. LOAD is a full or a masked load of 64 bytes.
+// The 4 by 4 tile written out with named accumulators. With an array of 16 accumulators, GCC 12 also copied some of
+// them between registers and stored them to the stack on every step. LOAD is a full or a masked load of 64 bytes.
 #define MQ_VNNI_STEP(LOAD)                                                                                            \
   {                                                                                                                   \
     const __m512i w0 = _mm512_xor_si512(LOAD(q + k), flip), w1 = _mm512_xor_si512(LOAD(q + K + k), flip);           \
@@ -914,7 +911,7 @@ static void run_int8_vnni(const int8_t* x8, int64_t M, int64_t K, const int8_t* 
     else
       for (int64_t j = 0; j < tn; ++j) vnni_tile<1>(tm, x8 + m * K, K, q + (n0 + j) * K, acc + j, tn);
   };
-  for_each_int_tile<TN>(M, K, N, tile, store, q);
+  for_each_int_tile<TN>(M, K, N, q, tile, store);
 }
 """
 
@@ -1017,7 +1014,7 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
     if (tn == TN) int_tile<TN>(tm, xq.data() + m * K, K, qp + n0 * K, acc);
     else int_tile<1>(tm, xq.data() + m * K, K, qp + n0 * K, acc);
   };
-  for_each_int_tile<TN>(M, K, N, tile, epilogue, qp);
+  for_each_int_tile<TN>(M, K, N, qp, tile, epilogue);
   return y;
 }
 """
@@ -1145,8 +1142,8 @@ def _qparams(scale, zero_point, out_features:int, in_features:int, group_size:Op
     if scale.numel() and not tracing:  # a traced or exported graph cannot branch on values, so it skips the check
         low, high = (v.item() for v in torch.aminmax(scale.detach()))
         if not (low >= 0 and high < math.inf):  # also false for a NaN
-            raise ValueError(f"{fn}: scale holds values from {low} to {high}; scales must be finite and not negative, "
-                             "as quantize_weight returns them.")
+            raise ValueError(f"{fn}: scale is invalid, with values from {low} to {high}. Pass finite, non-negative "
+                             "scales, as quantize_weight returns them.")
     if zero_point is None and scale.dtype == torch.float32 and scale.ndim in (1, 2) and scale.is_contiguous() \
             and scale.shape[0] == out_features and scale.numel() == out_features * groups:  # [N] or [N, G]
         if scale.ndim == 1: scale = scale.view(out_features, groups)  # a view costs microseconds, so only [N] gets one
@@ -1241,11 +1238,12 @@ def _int_act_via_float(rows:int, in_features:int) -> bool:
     return rows >= _VIA_FLOAT_MIN_ROWS and in_features < _VIA_FLOAT_MAX_K
 
 _GEMV_MAX_ROWS = {"int8": 2, "int4": 8}  # large weights: rows of x up to which path 0, once per row, beats the tiles
-_GEMV_MIN_CODES = 1 << 20  # smaller weights stay in cache, and there the tiles won from 2 rows (measured)
+# NOTE: measured once on Linear(384, 1536), where the tiles won from 2 rows. The benchmark has no small shape.
+_GEMV_MIN_CODES = 1 << 20  # smaller weights stay in cache, where the tiles are faster from 2 rows
 
 def _gemv_max_rows(kind:str, out_features:int, in_features:int, group:int) -> int:
     "Return the most rows of x that the batch-1 kernel should take, run once per row."
-    fixed_point = group >= in_features or group % 32 == 0  # the groups the fixed-point kernel takes
+    fixed_point = group >= in_features or group % 32 == 0  # the group sizes fixed_chunk in the C++ source accepts
     if out_features * in_features < _GEMV_MIN_CODES or not fixed_point: return 1
     return _GEMV_MAX_ROWS.get(kind, 1)
 

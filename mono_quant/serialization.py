@@ -58,15 +58,19 @@ def _corrupt(path, problem:str) -> SerializationError:
     return _load_error(path, problem, "The file is truncated or corrupted; save the model again or restore the file from a copy.")
 
 # %% ../nbs/06_serialization.ipynb #ef8f4db5
+def _reject_folder(path:Path, writing:bool):
+    "Raise `IsADirectoryError` when `path` is a folder, where a model file is expected."
+    if path.is_dir():
+        action = "cannot write" if writing else "cannot read"
+        raise IsADirectoryError(f"{action} {path}: it is a folder; pass a file path such as {path / 'model.safetensors'}.")
+
 def _model_path(path, writing:bool) -> Path:
     "Return `path` as a `Path`, raising `TypeError` for a non-path and `IsADirectoryError` for a folder."
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}; pass a path such "
                         "as 'model.safetensors'.")
     path = Path(path)
-    if path.is_dir():
-        action = "cannot write" if writing else "cannot read"
-        raise IsADirectoryError(f"{action} {path}: it is a folder; pass a file path such as {path / 'model.safetensors'}.")
+    _reject_folder(path, writing)
     return path
 
 def _container(path:Path) -> str:
@@ -97,8 +101,7 @@ def _atomic_write(path:Path, write:Callable):
         raise NotADirectoryError(f"cannot write {path}: {path.parent} is a file, not a folder; choose another path.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it first.")
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder; pass a file path such as {path / 'model.safetensors'}.")
+    _reject_folder(path, writing=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:  # os.open with mode 0o666 lets the umask decide the permissions, as for a file created by open()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)

@@ -36,7 +36,7 @@ from .int4 import QuantizedLinearInt4
 from .quantize import SUPPORTED_LAYERS, _check_names, _matches_components, _matches_name, _show_progress
 from .scheme import FP16_MAX, calculate_qparams, qrange, quantize_codes
 from .serialization import (FORMAT_NAME, FORMAT_VERSION, SerializationError, _canonical_json, _fsync_folder,
-                                      load_model)
+                                      _reject_folder, load_model)
 
 logger = logging.getLogger(__name__)
 
@@ -532,8 +532,7 @@ def _write_tensor(fd:int, job:_ShardJob, name:str, spans:dict):
 
 def _write_file(path:Path, outputs:dict, metadata:dict, fill:Callable[[int, dict], None]) -> str:
     "Write a compact file atomically: `fill(fd, spans)` writes the tensor data, then the digest and header follow."
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder; pass a file path such as {path / 'model.safetensors'}.")
+    _reject_folder(path, writing=True)
     header, spans = _layout(outputs, {**metadata, "sha256": _DIGEST_PLACEHOLDER})
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -551,7 +550,7 @@ def _write_file(path:Path, outputs:dict, metadata:dict, fill:Callable[[int, dict
         raise
     os.close(fd)
     try: os.replace(tmp, path)
-    except BaseException:  # the file is complete, but the target cannot take it: leave nothing behind
+    except BaseException:  # the rename failed, so remove the complete temporary file
         tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
