@@ -1,9 +1,12 @@
-"""Time the two paths of the integer-activation layers against each other on one CPU.
+"""Time the paths of the integer-activation layers against each other, and against fbgemm, on one CPU.
 
-`linear_int8_dynamic` multiplies int8 activation codes by int8 weights in its own tiles, or, for many rows of a short
-input on a CPU without AVX-512 VNNI, dequantizes the activation codes and calls the weight-only kernel. This script
-times both paths (and the VNNI tiles where the CPU has them) for each shape and row count, in one process, and writes
-the medians to `bench/results/int_paths.json`:
+`linear_int8_dynamic` multiplies int8 activation codes by int8 weights in its own kernels: the AVX2 tiles, or on a
+CPU with AVX-512 VNNI the VNNI tiles or the VNNI broadcast kernel. For many rows of a short input on a CPU without
+VNNI, it dequantizes the activation codes and calls the weight-only kernel instead. This script times each path, and
+torch.ao's `quantize_dynamic` Linear (fbgemm) for reference, for each shape and row count in one process, and writes
+the medians to `bench/results/int_paths.json`. The paths take turns, so that a change in the machine's load shows in
+all of them alike, and each turn makes one untimed call before the timed one, so that the path's weight is back in
+cache:
 
     python bench/bench_int_paths.py [--repeats 30] [--out bench/results/int_paths.json]
 """
@@ -13,25 +16,27 @@ import json
 import os
 import statistics
 import time
+import warnings
 
 import torch
 
 from mono_quant import kernels
 from mono_quant.scheme import quantize_weight
 
-SHAPES = [(384, 384), (384, 1536), (1536, 384), (4096, 4096)]  # (in_features, out_features)
-ROWS = [8, 16, 32, 64, 256]
+SHAPES = [(384, 384), (384, 1536), (1536, 384), (4096, 4096), (4096, 11008)]  # (in_features, out_features)
+ROWS = [4, 8, 12, 16, 32, 64, 256]
 
 
-def median_us(fn, repeats: int) -> float:
-    "Median wall time of `fn()` in microseconds, after 3 untimed calls."
-    for _ in range(3): fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e6 * statistics.median(times)
+def round_robin_us(paths: dict, repeats: int) -> dict:
+    "Median wall time in microseconds of each `paths[name]()`, calling the paths in turn, after 3 untimed rounds."
+    times = {name: [] for name in paths}
+    for round_ in range(repeats + 3):
+        for name, fn in paths.items():  # a turn per path and round, so a change in load hits them all alike
+            fn()  # untimed: brings this path's weight (fbgemm keeps its own copy) back into cache
+            start = time.perf_counter()
+            fn()
+            if round_ >= 3: times[name].append(time.perf_counter() - start)
+    return {name: 1e6 * statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -43,29 +48,39 @@ def main():
     has_vnni = kernels.kernel_isa() == "avx512-vnni"
     results = []
     for in_features, out_features in SHAPES:
-        qw = quantize_weight(torch.randn(out_features, in_features), 8)
+        layer = torch.nn.Linear(in_features, out_features)
+        qw = quantize_weight(layer.weight.detach(), 8)
+        with warnings.catch_warnings():  # torch.ao's deprecation notice
+            warnings.simplefilter("ignore")
+            fbgemm = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear},
+                                                            dtype=torch.qint8)
         for rows in ROWS:
             x = torch.randn(rows, in_features)
 
             def via_float():
                 codes, act_scale = kernels._quantize_activations(x)
-                return kernels.linear_int8(codes * act_scale, qw.data, qw.scale)
+                return kernels.linear_int8(codes * act_scale, qw.data, qw.scale, None, layer.bias)
 
-            def int_tiles(use_vnni=False):
-                return kernels._kernel_ops().int8_act_int8(x, qw.data, qw.scale, None, None, -1.0, 0, -128, 127,
-                                                           use_vnni)
+            def int_kernel(kernel):  # the weight row sums come from the cache, as in linear_int8_dynamic
+                sums = kernels._weight_row_sums(qw.data) if kernel == kernels._INT_VNNI_BROADCAST else None
+                return kernels._kernel_ops().int8_act_int8(x, qw.data, qw.scale, None, layer.bias, -1.0, 0, -128,
+                                                           127, kernel, sums)
 
+            paths = {"int8_tiles_us": lambda: int_kernel(kernels._INT_AVX2), "weight_only_us": via_float,
+                     "fbgemm_us": lambda: fbgemm(x)}
+            if has_vnni:
+                paths["vnni_tiles_us"] = lambda: int_kernel(kernels._INT_VNNI_TILES)
+                paths["vnni_broadcast_us"] = lambda: int_kernel(kernels._INT_VNNI_BROADCAST)
             with torch.inference_mode():
-                tiles, dequantized = median_us(int_tiles, args.repeats), median_us(via_float, args.repeats)
-                vnni = median_us(lambda: int_tiles(True), args.repeats) if has_vnni else None
-            if has_vnni: dispatch = "vnni tiles"
+                times = round_robin_us(paths, args.repeats)
+            if has_vnni:
+                dispatch = {kernels._INT_VNNI_TILES: "vnni tiles", kernels._INT_VNNI_BROADCAST: "vnni broadcast"}[
+                    kernels._int_kernel(rows, True)]
             else: dispatch = "weight-only" if kernels._int_act_via_float(rows, in_features) else "int8 tiles"
-            results.append({"in_features": in_features, "out_features": out_features, "rows": rows,
-                            "int8_tiles_us": tiles, "weight_only_us": dequantized, "ratio": dequantized / tiles,
-                            "vnni_tiles_us": vnni, "dispatch": dispatch})
-            vnni_text = f", VNNI tiles {vnni:8.0f} us" if has_vnni else ""
-            print(f"K={in_features:5d} N={out_features:5d} rows={rows:4d}: int8 tiles {tiles:8.0f} us, "
-                  f"weight-only {dequantized:8.0f} us, ratio {dequantized / tiles:.2f}{vnni_text}", flush=True)
+            results.append({"in_features": in_features, "out_features": out_features, "rows": rows, **times,
+                            "dispatch": dispatch})
+            print(f"K={in_features:5d} N={out_features:5d} rows={rows:4d}: "
+                  + ", ".join(f"{name[:-3]} {t:8.0f} us" for name, t in times.items()) + f" -> {dispatch}", flush=True)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": f"python bench/bench_int_paths.py --repeats {args.repeats} --out {args.out}",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "loadavg": os.getloadavg(),

@@ -5,7 +5,10 @@ Run from the repository root:
 
     python bench/bench_minilm.py [--repeats 30] [--out bench/results/minilm.json]
 
-Every latency is the median of `--repeats` timed forward passes after 3 warm-up passes, all in one process. The
+Every latency is the median of `--repeats` timed forward passes after 3 warm-up rounds, all in one process. The
+variants take turns, so that a change in the machine's load affects them alike, and each turn runs one untimed forward
+before the timed one, so that the variant's weights are back in cache as in a model that serves request after request.
+The
 quantization time is the median of 3 builds, as wall time and as CPU time of this process (less affected by other load).
 `bytes` is mono_quant's model_size of the parameters and buffers. It is null for torch.ao, because its packed weights
 are neither, so compare `saved_bytes` (the size of the saved state_dict) across libraries.
@@ -37,16 +40,17 @@ SEQUENCE_LENGTH = 32
 BATCH_SIZES = (1, 8)
 
 
-def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
-    "Median wall time of `fn()` over `repeats` calls, after `warmup` untimed calls."
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def round_robin_seconds(models: dict, inputs: dict, repeats: int, warmup: int = 3) -> dict:
+    "Median wall time of one forward of each model on `inputs`, the models taking turns, after `warmup` rounds."
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for round_ in range(warmup + repeats):
+            for name, model in models.items():  # a turn per model and round, so a change in load hits all alike
+                model(**inputs)  # untimed: brings this model's weights back into cache after the other models
+                start = time.perf_counter()
+                model(**inputs)
+                if round_ >= warmup: times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def fixed_length_batch(tokenizer, sentences):
@@ -112,8 +116,8 @@ def saved_bytes(model) -> int:
     return buffer.getbuffer().nbytes
 
 
-def measure(name, build, reference, batches, repeats):
-    "Build one variant (timed, median of 3) and measure its latency, size and similarity to the float model."
+def measure(name, build, reference, batches):
+    "Build one variant (timed, median of 3) and measure its size and similarity to the float model; return both."
     build_times, build_cpu_times = [], []
     for _ in range(1 if name == "float32" else 3):
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -126,11 +130,7 @@ def measure(name, build, reference, batches, repeats):
            "quantize_cpu_seconds": statistics.median(build_cpu_times) if quantized else None,
            "bytes": None if packed else model_size(variant), "saved_bytes": saved_bytes(variant)}
     row["mean_cosine"] = mean_cosine(embed(variant, batches["similarity"]), reference)
-    for size in BATCH_SIZES:
-        batch = batches[size]
-        with torch.inference_mode():
-            row[f"batch{size}_ms"] = 1000 * median_seconds(lambda: variant(**batch), repeats)
-    return row
+    return row, variant
 
 
 def main():
@@ -146,7 +146,13 @@ def main():
     reference = embed(model, batches["similarity"])
 
     variants = build_variants(model, tokenizer)
-    rows = [measure(name, build, reference, batches, args.repeats) for name, build in variants.items()]
+    rows, models = [], {}
+    for name, build in variants.items():
+        row, models[name] = measure(name, build, reference, batches)
+        rows.append(row)
+    for size in BATCH_SIZES:  # every variant in one round-robin loop per batch size
+        seconds = round_robin_seconds(models, batches[size], args.repeats)
+        for row in rows: row[f"batch{size}_ms"] = 1000 * seconds[row["variant"]]
     skipped = {} if "optimum-quanto int8 weights" in variants else {"optimum-quanto": "not installed"}
 
     result = {

@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Optional
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .scheme import SCALE_EPS, dequantize_codes, qrange
 
@@ -747,29 +748,46 @@ __attribute__((noinline)) static void tile_int(const int16_t* x, int64_t ldx, co
     }
 }
 
-// Walks N weight rows in chunks small enough to stay in L2 (128 KiB of codes), one chunk per task, and in each chunk
+// Weight rows per chunk of the integer kernels, a multiple of `multiple`: at most 128 KiB of codes, so that a chunk
+// stays in L2 while every block of activation rows meets it, and at least 8 chunks per thread where N allows, so that
+// the threads get even shares. With only the L2 limit, Linear(384, 1536) had 5 chunks for 2 threads.
+static int64_t int_chunk_rows(int64_t N, int64_t K, int64_t multiple) {
+  const int64_t l2_rows = (128 * 1024 / std::max<int64_t>(K, 1)) / multiple * multiple;
+  const int64_t tasks = 8 * (int64_t)at::get_num_threads();
+  const int64_t share = ((N + tasks - 1) / tasks + multiple - 1) / multiple * multiple;
+  return std::max(multiple, std::min(l2_rows, share));
+}
+
+// Asks for the cache lines of the chunk after rows [.., n_end) a share at a time, one share per tile of the current
+// chunk, so that the next chunk arrives from memory while this one is multiplied.
+struct NextChunkPrefetch {
+  const int8_t* next;
+  int64_t bytes, lines_per_tile, line = 0;
+  NextChunkPrefetch(const int8_t* q, int64_t K, int64_t N, int64_t n_end, int64_t chunk, int64_t tiles)
+      : next(q + n_end * K), bytes((std::min(N, n_end + chunk) - n_end) * K),
+        lines_per_tile((bytes / 64 + tiles - 1) / std::max<int64_t>(tiles, 1)) {}
+  void step() {
+    for (int64_t i = 0; i < lines_per_tile && 64 * line < bytes; ++i, ++line) prefetch_line_l2(next + 64 * line);
+  }
+};
+
+// Walks N weight rows in chunks (int_chunk_rows), one chunk per task, and in each chunk
 // walks the rows of x 4 at a time outside the weight rows, so 4 rows of activation codes stay in L1 while they meet the
 // whole chunk. tile(tm, m, n0, tn, acc) fills acc[i * tn + j] for tm rows of x from m and tn weight rows from n0, and
 // store(m, n, sum) takes each sum.
 template <int TN, class Tile, class Store>
 static void for_each_int_tile(int64_t M, int64_t K, int64_t N, const int8_t* q, const Tile& tile, const Store& store) {
-  const int64_t chunk = std::max<int64_t>(TN, (128 * 1024 / std::max<int64_t>(K, 1)) / TN * TN);
+  const int64_t chunk = int_chunk_rows(N, K, TN);
   at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
     int32_t acc[4 * TN];
     for (int64_t n_start = c0 * chunk; n_start < std::min(N, c1 * chunk); n_start += chunk) {
       const int64_t n_end = std::min(N, n_start + chunk);
-      // Each tile asks for a share of the next chunk's cache lines, so that chunk arrives from memory while this one
-      // is multiplied.
-      const int64_t next_bytes = (std::min(N, n_end + chunk) - n_end) * K;
-      const int64_t tiles = ((M + 3) / 4) * ((n_end - n_start + TN - 1) / TN);
-      const int64_t lines_per_tile = (next_bytes / 64 + tiles - 1) / tiles;
-      int64_t next_line = 0;
+      NextChunkPrefetch prefetch(q, K, N, n_end, chunk, ((M + 3) / 4) * ((n_end - n_start + TN - 1) / TN));
       for (int64_t m = 0; m < M; m += 4) {
         const int64_t tm = std::min<int64_t>(4, M - m);
         for (int64_t n0 = n_start; n0 < n_end; n0 += TN) {
           const int64_t tn = std::min<int64_t>(TN, n_end - n0);
-          for (int64_t i = 0; i < lines_per_tile && 64 * next_line < next_bytes; ++i, ++next_line)
-            prefetch_line_l2(q + n_end * K + 64 * next_line);
+          prefetch.step();
           tile(tm, m, n0, tn, acc);
           for (int64_t i = 0; i < tm; ++i)
             for (int64_t j = 0; j < tn; ++j) store(m + i, n0 + j, acc[i * tn + j]);
@@ -823,10 +841,11 @@ _CPP_INT8_VNNI = r"""
 // into one of 16 int32 lanes. The weight codes become unsigned as q + 128 (the sign bit flipped), the activation codes
 // c stay signed, and sum_k (q + 128) c = sum_k q c + 128 sum_k c. These functions are compiled for AVX-512 on their
 // own, and run only where cpu_has_vnni() is true.
-#define MQ_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define MQ_VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
 
 static bool cpu_has_vnni() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512vnni");
 }
 
@@ -913,16 +932,201 @@ static void run_int8_vnni(const int8_t* x8, int64_t M, int64_t K, const int8_t* 
   };
   for_each_int_tile<TN>(M, K, N, q, tile, store);
 }
+
+// The broadcast kernel. vpdpbusd goes through an asm statement here: with the intrinsic, GCC 12 copied every
+// accumulator of this kernel to another register on each step, and kept some of them on the stack.
+MQ_VNNI static inline __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+  return acc;
+}
+
+// Rows of codes per task when the rows of x are prepared in parallel: a second parallel region costs a thread wake-up,
+// so small batches stay on the calling thread.
+static int64_t prepare_grain(int64_t K) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(K, 1)); }
+
+// Stores the codes of the VNNI kernels, c = stored value + zero_point, as bytes c ^ flip and returns sum_k c. Each
+// group of 4 neighbouring codes goes to out + (k / 4) * stride: stride 4 writes one row of x8 as signed bytes
+// (flip 0), stride 128 one row of the broadcast layout below as unsigned bytes c + 128 (flip 0x80). The int32 sum is
+// exact: |c| <= 128 and K <= 65793.
+static int32_t vnni_codes(const int16_t* stored, int64_t K, int16_t zero_point, int8_t flip, int8_t* out,
+                          int64_t stride) {
+  const __m256i zp = _mm256_set1_epi16(zero_point), ones = _mm256_set1_epi16(1);
+  const __m128i flips = _mm_set1_epi8(flip);
+  __m256i sum = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m256i c = _mm256_add_epi16(_mm256_loadu_si256((const __m256i*)(stored + k)), zp);
+    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(c, ones));
+    alignas(16) int32_t groups[4];  // c is in [-128, 127], so the saturating pack keeps every value
+    const __m128i bytes = _mm_packs_epi16(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_store_si128((__m128i*)groups, _mm_xor_si128(bytes, flips));
+    for (int i = 0; i < 4; ++i) std::memcpy(out + (k / 4 + i) * stride, &groups[i], 4);
+  }
+  int32_t total = hsum8i(sum);
+  for (; k < K; ++k) {
+    const int16_t c = (int16_t)(stored[k] + zero_point);
+    out[(k / 4) * stride + k % 4] = (int8_t)(c ^ flip);
+    total += c;
+  }
+  return total;
+}
+
+// The layout of the broadcast kernel's activation codes: blocks of 32 rows, each block [ceil(K / 4)][32][4], so that
+// one 64-byte load holds 4 neighbouring codes of 16 rows. Bytes past the last row and past K are zero.
+static int64_t interleaved_bytes(int64_t M, int64_t K) { return (M + 31) / 32 * ((K + 3) / 4) * 128; }
+
+// Where row m starts in the interleaved layout; its groups of 4 codes follow at a stride of 128 bytes.
+static int8_t* interleaved_row(int8_t* xi, int64_t m, int64_t K) {
+  return xi + (m / 32) * ((K + 3) / 4) * 128 + (m % 32) * 4;
+}
+
+// out[j * 32 + r] = sum_k u[r, k] q[j, k] for NR weight rows and the first 16 V rows of one block of interleaved
+// unsigned codes u = c + 128. Each step broadcasts 4 neighbouring weight codes of one row to all 16 lanes, and each
+// lane adds the products of one activation row, so the lanes end as finished dot products and need no horizontal sum.
+template <int V, int NR>
+MQ_VNNI __attribute__((noinline)) static void broadcast_tile(const int8_t* xi, const int8_t* q, int64_t K,
+                                                             int32_t* out) {
+  __m512i acc[V][NR];
+  for (int v = 0; v < V; ++v)
+    for (int j = 0; j < NR; ++j) acc[v][j] = _mm512_setzero_si512();
+  const int64_t full = K / 4;
+  for (int64_t k4 = 0; k4 < full; ++k4) {
+    __m512i xv[V];
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_si512(xi + k4 * 128 + v * 64);
+    for (int j = 0; j < NR; ++j) {
+      int32_t codes4;
+      std::memcpy(&codes4, q + j * K + 4 * k4, 4);
+      const __m512i w = _mm512_set1_epi32(codes4);
+      for (int v = 0; v < V; ++v) acc[v][j] = dpbusd(acc[v][j], xv[v], w);
+    }
+  }
+  if (K % 4) {  // the last K % 4 codes; the activation bytes past K are zero
+    __m512i xv[V];
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_si512(xi + full * 128 + v * 64);
+    for (int j = 0; j < NR; ++j) {
+      int32_t codes4 = 0;
+      std::memcpy(&codes4, q + j * K + 4 * full, (size_t)(K % 4));
+      const __m512i w = _mm512_set1_epi32(codes4);
+      for (int v = 0; v < V; ++v) acc[v][j] = dpbusd(acc[v][j], xv[v], w);
+    }
+  }
+  for (int j = 0; j < NR; ++j)
+    for (int v = 0; v < V; ++v) _mm512_storeu_si512(out + j * 32 + v * 16, acc[v][j]);
+}
+
+// One block of up to 32 rows (two vectors of 16) or up to 16 rows (one vector) by NR weight rows.
+template <int NR>
+MQ_VNNI static void broadcast_block(int64_t rows, const int8_t* xb, const int8_t* q, int64_t K, int32_t* out) {
+  if (rows > 16) broadcast_tile<2, NR>(xb, q, K, out);
+  else broadcast_tile<1, NR>(xb, q, K, out);
+}
+
+// sum_k q[k] for one weight row: vpsadbw adds 8 unsigned bytes q + 128 at a time.
+static int32_t weight_row_sum(const int8_t* q, int64_t K) {
+  const __m256i flip = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+  __m256i acc = zero;
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32)
+    acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(q + k)), flip),
+                                                zero));
+  alignas(32) int64_t lanes[4];
+  _mm256_store_si256((__m256i*)lanes, acc);
+  int64_t total = lanes[0] + lanes[1] + lanes[2] + lanes[3] - 128 * k;
+  for (; k < K; ++k) total += q[k];
+  return (int32_t)total;  // |total| <= 128 * 65793
+}
+
+// All M rows of interleaved codes xi against N weight rows with the broadcast kernel, in blocks of 32 activation rows
+// (16 for a last block of up to 16 rows) by 8 weight rows. The weight is walked in the same chunks as the tiles, and
+// each chunk meets every block of rows before the next chunk is read. For each block, epilogue(m0, rows, n0, tn, out,
+// wsum) gets out[j * 32 + r] = sum_k u[m0 + r, k] q[n0 + j, k] and wsum[j] = sum_k q[n0 + j, k], read from sums [N]
+// or, when sums is nullptr, taken from each chunk before its blocks (a second read of the weight).
+template <class Epilogue>
+static void run_int8_vnni_broadcast(const int8_t* xi, int64_t M, int64_t K, const int8_t* q, int64_t N,
+                                    const int32_t* sums, const Epilogue& epilogue) {
+  constexpr int NR = 8;
+  const int64_t K4 = (K + 3) / 4, blocks = (M + 31) / 32;
+  const int64_t chunk = int_chunk_rows(N, K, NR);
+  at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
+    alignas(64) int32_t out[NR * 32];
+    std::vector<int32_t> wsum(sums ? 0 : chunk);
+    for (int64_t n_start = c0 * chunk; n_start < std::min(N, c1 * chunk); n_start += chunk) {
+      const int64_t n_end = std::min(N, n_start + chunk);
+      for (int64_t n = n_start; !sums && n < n_end; ++n) wsum[n - n_start] = weight_row_sum(q + n * K, K);
+      // No NextChunkPrefetch here: with it, 16 and 32 rows on 4096 by 4096 and 4096 by 11008 weights took 2 to 10%
+      // longer in three alternating runs on the Zen 4 machine.
+      const int32_t* chunk_sums = sums ? sums + n_start : wsum.data();
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t rows = std::min<int64_t>(32, M - 32 * b);
+        const int8_t* xb = xi + b * K4 * 128;
+        for (int64_t n0 = n_start; n0 < n_end; n0 += NR) {
+          const int64_t tn = std::min<int64_t>(NR, n_end - n0);
+          if (tn == NR) broadcast_block<NR>(rows, xb, q + n0 * K, K, out);
+          else  // the last rows of a chunk of N that is not a multiple of 8
+            for (int64_t j = 0; j < tn; ++j) broadcast_block<1>(rows, xb, q + (n0 + j) * K, K, out + j * 32);
+          epilogue(32 * b, rows, n0, tn, out, chunk_sums + (n0 - n_start));
+        }
+      }
+    }
+  });
+}
 """
 
 # %% ../nbs/01_kernels.ipynb #98313942
 _CPP_INT8_ACTIVATIONS = r"""
 static constexpr int64_t kInt8RowsMaxM = 3;  // dynamic mode with fewer rows of x uses dot_s8_row (measured)
+// The integer kernel, chosen in Python (_int_kernel). The VNNI ones fall back to the AVX2 tiles on other CPUs.
+enum IntKernel : int64_t { kIntAvx2 = 0, kIntVnniTiles = 1, kIntVnniBroadcast = 2 };
+
+// What the epilogue of the broadcast kernel reads: per row m of x and per weight row n.
+struct ActEpilogue {
+  const int32_t* xsum;     // [M] sum_k of the stored values
+  const float* xs;         // [M] row scales
+  const char* nan_row;     // [M] rows whose outputs are NaN
+  const float* sp;         // [N] weight scales
+  const int32_t* zp;       // [N] weight zero points, or nullptr
+  const float* bp;         // [N] bias, or nullptr
+  int64_t act_zero_point, N;
+  float* yp;               // [M, N] output
+};
+
+// y for rows m0 .. m0 + rows - 1 and weight rows n0 .. n0 + tn - 1 from one block of the broadcast kernel,
+// out[j * 32 + r], 8 rows at a time. With u = c + 128 = stored + act_zero_point + 128,
+// sum_k q stored = out - (128 + act_zero_point) wsum. The integer steps are exact in int64 and the float steps are the
+// scalar epilogue's (one rounding to float, a product, an fma), so both give the same bits.
+MQ_VNNI static void broadcast_epilogue(const ActEpilogue& e, int64_t m0, int64_t rows, int64_t n0, int64_t tn,
+                                       const int32_t* out, const int32_t* wsum) {
+  alignas(64) float tile[8 * 32];
+  for (int64_t j = 0; j < tn; ++j) {
+    const int64_t n = n0 + j;
+    const __m512i shift = _mm512_set1_epi64((128 + e.act_zero_point) * (int64_t)wsum[j]);
+    const __m512i zpn = _mm512_set1_epi64(e.zp ? e.zp[n] : 0);
+    const __m256 sn = _mm256_set1_ps(e.sp[n]), bn = _mm256_set1_ps(e.bp ? e.bp[n] : 0.f);
+    for (int64_t r = 0; r < rows; r += 8) {
+      const __mmask8 valid = rows - r >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (rows - r)) - 1);
+      const int64_t m = m0 + r;
+      __m512i a = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i*)(out + j * 32 + r)));
+      a = _mm512_sub_epi64(a, shift);
+      const __m512i xsum = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(valid, e.xsum + m));
+      a = _mm512_sub_epi64(a, _mm512_mullo_epi64(zpn, xsum));
+      const __m256 f = _mm256_mul_ps(_mm512_cvtepi64_ps(a), _mm256_maskz_loadu_ps(valid, e.xs + m));
+      _mm256_store_ps(tile + j * 32 + r, _mm256_fmadd_ps(f, sn, bn));
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float* y = e.yp + (m0 + r) * e.N + n0;
+    if (e.nan_row[m0 + r])
+      for (int64_t j = 0; j < tn; ++j) y[j] = std::numeric_limits<float>::quiet_NaN();
+    else
+      for (int64_t j = 0; j < tn; ++j) y[j] = tile[j * 32 + r];
+  }
+}
 
 // y[m, n] = (acc[m, n] - z_n * rowsum_m) * s_m * s_n + bias_n, acc = sum_k xq[m, k] * q[n, k] in int32.
 at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                          const c10::optional<at::Tensor>& zero_point, const c10::optional<at::Tensor>& bias,
-                         double act_scale, int64_t act_zero_point, int64_t act_qmin, int64_t act_qmax, bool use_vnni) {
+                         double act_scale, int64_t act_zero_point, int64_t act_qmin, int64_t act_qmax, int64_t kernel,
+                         const c10::optional<at::Tensor>& weight_sums) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "x must be contiguous float32 [M, K]");
   TORCH_CHECK(qweight.scalar_type() == at::kChar && qweight.is_contiguous() && qweight.size(1) == x.size(1),
@@ -933,19 +1137,39 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
               "zero_point must be int32 [N]");
   TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == qweight.size(0)),
               "bias must be contiguous float32 [N]");
+  TORCH_CHECK(!weight_sums || (weight_sums->scalar_type() == at::kInt && weight_sums->is_contiguous() &&
+                               weight_sums->numel() == qweight.size(0)),
+              "weight_sums must be contiguous int32 [N]");
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  std::vector<int16_t> xq(M * K);
   std::vector<float> xs(M);
   std::vector<int32_t> xsum(M);
   std::vector<char> nan_row(M);
+  const bool rows_loop = act_scale <= 0 && M < kInt8RowsMaxM;  // dynamic mode, few rows: dot_s8_row below
+  const bool vnni = kernel != kIntAvx2 && !rows_loop && cpu_has_vnni();
+  // The VNNI kernels take the codes c = stored value + act_zero_point, which fit in int8. With a nonzero activation
+  // zero point the layer also needs sum_k (q + 128) for each weight row: the broadcast kernel sums the weight rows
+  // itself, and for the tiles a last row of ones in x yields it.
+  const bool ones_row = act_zero_point != 0, broadcast = vnni && kernel == kIntVnniBroadcast;
+  // The stored values as int16 for the AVX2 kernels, the codes as int8 for the VNNI tiles (a last row of ones
+  // included), or the codes in the broadcast kernel's layout.
+  const int64_t vnni_rows = vnni && !broadcast ? M + (ones_row ? 1 : 0) : 0;
+  std::vector<int16_t> xq(vnni ? 0 : M * K);
+  std::vector<int8_t> x8(vnni_rows * K, 1), xi(broadcast ? interleaved_bytes(M, K) : 0, 0);
+  std::vector<int64_t> csum(vnni ? M : 0);
   const float* xp = x.data_ptr<float>();
-  // A second parallel region costs a thread wake-up, so small batches are quantized on the calling thread.
-  at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(K, 1)), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
+  at::parallel_for(0, M, prepare_grain(K), [&](int64_t m0, int64_t m1) {
+    std::vector<int16_t> stored_row(vnni ? K : 0);
+    for (int64_t m = m0; m < m1; ++m) {
+      int16_t* stored = vnni ? stored_row.data() : xq.data() + m * K;
       nan_row[m] = quantize_row(xp + m * K, K, (float)act_scale, (int32_t)act_zero_point, (int32_t)act_qmin,
-                                (int32_t)act_qmax, xq.data() + m * K, &xs[m], &xsum[m]);
+                                (int32_t)act_qmax, stored, &xs[m], &xsum[m]);
+      if (!vnni) continue;
+      const int16_t zp16 = (int16_t)act_zero_point;
+      if (broadcast) vnni_codes(stored, K, zp16, (int8_t)0x80, interleaved_row(xi.data(), m, K), 128);
+      else csum[m] = vnni_codes(stored, K, zp16, 0, x8.data() + m * K, 4);
+    }
   });
   const int8_t* qp = qweight.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
@@ -961,25 +1185,13 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
     // An explicit fma: the compiler may contract a * b + c differently where the lambda is inlined.
     yp[m * N + n] = std::fma((float)a * xs[m], sp[n], bp ? bp[n] : 0.f);
   };
-  const bool rows_loop = act_scale <= 0 && M < kInt8RowsMaxM;  // dynamic mode, few rows: dot_s8_row below
-  if (use_vnni && !rows_loop && cpu_has_vnni()) {
-    // The VNNI kernel takes the codes c = stored value + act_zero_point, which fit in int8. With a nonzero activation
-    // zero point, a last row of ones yields sum_k (q + 128) for each weight row.
-    const bool ones_row = act_zero_point != 0;
-    const int64_t rows = M + (ones_row ? 1 : 0);
-    std::vector<int8_t> x8(rows * K, 1);
-    std::vector<int64_t> csum(M, 0);
-    const int16_t zp16 = (int16_t)act_zero_point;
-    for (int64_t m = 0; m < M; ++m) {  // int32 sums: |c| <= 128 and K <= 65793 (a loop the compiler vectorizes)
-      const int16_t* src = xq.data() + m * K;
-      int8_t* dst = x8.data() + m * K;
-      int32_t sum = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const int16_t c = (int16_t)(src[k] + zp16);
-        dst[k] = (int8_t)c;
-        sum += c;
-      }
-      csum[m] = sum;
+  if (vnni) {
+    if (broadcast) {
+      const ActEpilogue e{xsum.data(), xs.data(), nan_row.data(), sp, zp, bp, act_zero_point, N, yp};
+      run_int8_vnni_broadcast(xi.data(), M, K, qp, N, weight_sums ? weight_sums->data_ptr<int32_t>() : nullptr,
+                              [&](int64_t m0, int64_t r, int64_t n0, int64_t tn, const int32_t* out,
+                                  const int32_t* wsum) { broadcast_epilogue(e, m0, r, n0, tn, out, wsum); });
+      return y;
     }
     if (!ones_row) {
       run_int8_vnni(x8.data(), M, K, qp, N, [&](int64_t m, int64_t n, int32_t v) { epilogue(m, n, v - 128 * csum[m]); });
@@ -988,7 +1200,7 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
     // The weight row sums come last, so the raw sums go into y's memory first and are turned into floats in place.
     int32_t* raw = reinterpret_cast<int32_t*>(yp);
     std::vector<int32_t> wsum(N);
-    run_int8_vnni(x8.data(), rows, K, qp, N, [&](int64_t m, int64_t n, int32_t v) {
+    run_int8_vnni(x8.data(), vnni_rows, K, qp, N, [&](int64_t m, int64_t n, int32_t v) {
       if (m < M) raw[m * N + n] = v;
       else wsum[n] = v;
     });
@@ -1029,7 +1241,7 @@ TORCH_LIBRARY(MQ_NAMESPACE, m) {
   m.def("fp16_weight_only(Tensor x, Tensor weight, Tensor ones, Tensor? bias, int path, int block_rows) -> Tensor",
         &fp16_weight_only);
   m.def("int8_act_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? zero_point, Tensor? bias, float act_scale, "
-        "int act_zero_point, int act_qmin, int act_qmax, bool use_vnni) -> Tensor", &int8_act_int8);
+        "int act_zero_point, int act_qmin, int act_qmax, int kernel, Tensor? weight_sums) -> Tensor", &int8_act_int8);
   m.def("has_vnni() -> bool", &cpu_has_vnni);
 }
 """
@@ -1379,6 +1591,36 @@ def _weight_only_direct(kind:str, # 'int8', 'int4' or 'fp16'
     return ops.int4_weight_only(x, codes, scale, None, bias, group, path, block_rows)
 
 # %% ../nbs/01_kernels.ipynb #57c1cc4b
+_INT_AVX2, _INT_VNNI_TILES, _INT_VNNI_BROADCAST = 0, 1, 2  # the `kernel` argument of int8_act_int8
+_BROADCAST_MIN_ROWS = 16  # from this many rows of x the VNNI broadcast kernel beat the VNNI tiles (measured)
+
+def _int_kernel(rows:int, vnni:bool) -> int:
+    "The integer kernel for `rows` rows of x: the AVX2 tiles, or on AVX-512 VNNI the tiles or the broadcast kernel."
+    if not vnni: return _INT_AVX2
+    return _INT_VNNI_BROADCAST if rows >= _BROADCAST_MIN_ROWS else _INT_VNNI_TILES
+
+_ROW_SUMS = WeakIdKeyDictionary()  # int8 weight -> (its version counter, int32 [N] row sums)
+
+def _weight_row_sums(qweight:torch.Tensor) -> Optional[torch.Tensor]:
+    "Return `qweight.sum(1)` as int32, kept until `qweight` is freed or changed in place; None where no cache can work."
+    if qweight.is_inference() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None  # no version counter to check, or a graph that must not hold a constant: the kernel sums itself
+    cached = _ROW_SUMS.get(qweight)
+    if cached is not None and cached[0] == qweight._version: return cached[1]
+    sums = qweight.sum(1, dtype=torch.int32)
+    _ROW_SUMS[qweight] = (qweight._version, sums)
+    return sums
+
+def _run_int8_act(ops, rows, qweight, scale, zero_point, bias, act_scale:Optional[float], act_zero_point:int,
+                  vnni:bool) -> torch.Tensor:
+    "Call the integer-activation operator on tensors in its formats: rows [M, K] float32, int32 zero points [N]."
+    kernel = _int_kernel(rows.shape[0], vnni)
+    sums = _weight_row_sums(qweight) if kernel == _INT_VNNI_BROADCAST else None
+    qmin, qmax = qrange(8, symmetric=False)
+    # a negative act_scale selects the dynamic per-row scale in the kernel
+    return ops.int8_act_int8(rows, qweight, scale, zero_point, bias, -1.0 if act_scale is None else act_scale,
+                             act_zero_point, qmin, qmax, kernel, sums)
+
 def _linear_int8_act(x, qweight, scale, zero_point, bias, act_scale, act_zero_point:int, fn:str):
     "Shared body of the dynamic (`act_scale` None) and static integer-activation layers."
     _check_codes(qweight, torch.int8, "qweight", fn)
@@ -1396,10 +1638,7 @@ def _linear_int8_act(x, qweight, scale, zero_point, bias, act_scale, act_zero_po
     else:
         b = None if bias is None else bias.float().contiguous()
         zp = None if zero_point is None else zero_point.view(-1)  # [N]
-        qmin, qmax = qrange(8, symmetric=False)
-        # a negative act_scale selects the dynamic per-row scale in the kernel
-        y = ops.int8_act_int8(rows, qweight.contiguous(), scale.view(-1), zp, b,
-                              -1.0 if act_scale is None else act_scale, act_zero_point, qmin, qmax, vnni)
+        y = _run_int8_act(ops, rows, qweight.contiguous(), scale.view(-1), zp, b, act_scale, act_zero_point, vnni)
     return _output(y, x)
 
 # %% ../nbs/01_kernels.ipynb #18572a5d
@@ -1435,6 +1674,35 @@ def linear_int8_static(x:torch.Tensor, # activations [..., K]: float32, bfloat16
     "INT8 layer with activations quantized by a calibrated per-tensor `act_scale` and `act_zero_point`."
     act_scale, act_zero_point = _act_qparams(act_scale, act_zero_point)
     return _linear_int8_act(x, qweight, scale, zero_point, bias, act_scale, act_zero_point, "linear_int8_static")
+
+# %% ../nbs/01_kernels.ipynb #43669ad7
+def _int8_act_direct(x:torch.Tensor, # activations [..., K]
+                     codes:torch.Tensor, # int8 [N, K]
+                     scale:torch.Tensor, # float32 [N]
+                     zero_point:Optional[torch.Tensor], # must be None: asymmetric layers take the checked path
+                     bias:Optional[torch.Tensor], # float32 [N] or None
+                     act_scale:Optional[float], # the calibrated scale of the static mode; None for the dynamic mode
+                     act_zero_point:int, # the calibrated zero point of the static mode; 0 for the dynamic mode
+                     in_features:int, # K
+                    ) -> Optional[torch.Tensor]:
+    "Run the integer-activation kernel on a module's tensors if all are in the kernel's formats; otherwise return None."
+    if x.dtype is not torch.float32 or x.ndim < 2 or x.shape[-1] != in_features: return None
+    if not 0 < in_features <= _INT_KERNEL_MAX_K or zero_point is not None or not x.is_contiguous() or not x.is_cpu:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)): return None
+    out_features = codes.shape[0]
+    if codes.shape[1] != in_features or not codes.is_contiguous(): return None
+    if scale.dtype is not torch.float32 or scale.shape != (out_features,) or not scale.is_contiguous(): return None
+    if bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()): return None
+    if bias is not None and bias.shape != (out_features,): return None
+    mode = _kernel_mode()  # read once: kernel_isa() would read it again
+    ops = None if mode == "fallback" else _load_kernels()[0]
+    if ops is None: return None
+    rows = x.view(-1, in_features)
+    vnni = mode == "auto" and _cpu_has_vnni()
+    if not vnni and _int_act_via_float(rows.shape[0], in_features): return None
+    y = _run_int8_act(ops, rows, codes, scale, None, bias, act_scale, act_zero_point, vnni)
+    return y.view(*x.shape[:-1], out_features)
 
 # %% ../nbs/01_kernels.ipynb #36277510
 def to_torch_int4pack(packed:torch.Tensor, # uint8 [N, ceil(K/2)] in the shared int4 layout

@@ -451,6 +451,13 @@ def forward(self, x:torch.Tensor) -> torch.Tensor:
         y = kernels._weight_only_direct(kind, x, self.qweight, self.scale, self.zero_point, self.bias, self.group_size,
                                         self.in_features)
         if y is not None: return y
+    elif self.activations is not None and not torch.compiler.is_compiling():
+        static = self.activations == "static"
+        if static: self._check_calibrated()
+        y = kernels._int8_act_direct(x, self.qweight, self.scale, self.zero_point, self.bias,
+                                     float(self.act_scale) if static else None,
+                                     int(self.act_zero_point) if static else 0, self.in_features)
+        if y is not None: return y
     if self.bits == 16:
         return _call_kernel(kernels.linear_fp16, x, self.qweight, self.bias)
     scale, zero_point = self._channel_qparams(self.out_features)
