@@ -61,10 +61,9 @@ def main():
                 codes, act_scale = kernels._quantize_activations(x)
                 return kernels.linear_int8(codes * act_scale, qw.data, qw.scale, None, layer.bias)
 
-            def int_kernel(kernel):  # the weight row sums come from the cache, as in linear_int8_dynamic
-                sums = kernels._weight_row_sums(qw.data) if kernel == kernels._INT_VNNI_BROADCAST else None
+            def int_kernel(kernel):
                 return kernels._kernel_ops().int8_act_int8(x, qw.data, qw.scale, None, layer.bias, -1.0, 0, -128,
-                                                           127, kernel, sums)
+                                                           127, kernel)
 
             paths = {"int8_tiles_us": lambda: int_kernel(kernels._INT_AVX2), "weight_only_us": via_float,
                      "fbgemm_us": lambda: fbgemm(x)}

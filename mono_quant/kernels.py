@@ -17,7 +17,6 @@ from functools import lru_cache
 from typing import Optional
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .scheme import SCALE_EPS, dequantize_codes, qrange
 
@@ -1021,17 +1020,14 @@ MQ_VNNI static void broadcast_block(int64_t rows, const int8_t* xb, const int8_t
   else broadcast_tile<1, NR>(xb, q, K, out);
 }
 
-// sum_k q[k] for one weight row: vpsadbw adds 8 unsigned bytes q + 128 at a time.
-static int32_t weight_row_sum(const int8_t* q, int64_t K) {
-  const __m256i flip = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
-  __m256i acc = zero;
+// sum_k q[k] for one weight row: vpsadbw adds 8 unsigned bytes q + 128 at a time, 64 bytes per step.
+MQ_VNNI static int32_t weight_row_sum(const int8_t* q, int64_t K) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+  __m512i acc = zero;
   int64_t k = 0;
-  for (; k + 32 <= K; k += 32)
-    acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(q + k)), flip),
-                                                zero));
-  alignas(32) int64_t lanes[4];
-  _mm256_store_si256((__m256i*)lanes, acc);
-  int64_t total = lanes[0] + lanes[1] + lanes[2] + lanes[3] - 128 * k;
+  for (; k + 64 <= K; k += 64)
+    acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_xor_si512(_mm512_loadu_si512(q + k), flip), zero));
+  int64_t total = _mm512_reduce_add_epi64(acc) - 128 * k;
   for (; k < K; ++k) total += q[k];
   return (int32_t)total;  // |total| <= 128 * 65793
 }
@@ -1039,23 +1035,21 @@ static int32_t weight_row_sum(const int8_t* q, int64_t K) {
 // All M rows of interleaved codes xi against N weight rows with the broadcast kernel, in blocks of 32 activation rows
 // (16 for a last block of up to 16 rows) by 8 weight rows. The weight is walked in the same chunks as the tiles, and
 // each chunk meets every block of rows before the next chunk is read. For each block, epilogue(m0, rows, n0, tn, out,
-// wsum) gets out[j * 32 + r] = sum_k u[m0 + r, k] q[n0 + j, k] and wsum[j] = sum_k q[n0 + j, k], read from sums [N]
-// or, when sums is nullptr, taken from each chunk before its blocks (a second read of the weight).
+// wsum) gets out[j * 32 + r] = sum_k u[m0 + r, k] q[n0 + j, k] and wsum[j] = sum_k q[n0 + j, k]. The first block
+// takes the row sums right after its tile, which has just brought those weight rows into cache.
 template <class Epilogue>
 static void run_int8_vnni_broadcast(const int8_t* xi, int64_t M, int64_t K, const int8_t* q, int64_t N,
-                                    const int32_t* sums, const Epilogue& epilogue) {
+                                    const Epilogue& epilogue) {
   constexpr int NR = 8;
   const int64_t K4 = (K + 3) / 4, blocks = (M + 31) / 32;
   const int64_t chunk = int_chunk_rows(N, K, NR);
   at::parallel_for(0, (N + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
     alignas(64) int32_t out[NR * 32];
-    std::vector<int32_t> wsum(sums ? 0 : chunk);
+    std::vector<int32_t> wsum(chunk);
     for (int64_t n_start = c0 * chunk; n_start < std::min(N, c1 * chunk); n_start += chunk) {
       const int64_t n_end = std::min(N, n_start + chunk);
-      for (int64_t n = n_start; !sums && n < n_end; ++n) wsum[n - n_start] = weight_row_sum(q + n * K, K);
       // No NextChunkPrefetch here: with it, 16 and 32 rows on 4096 by 4096 and 4096 by 11008 weights took 2 to 10%
       // longer in three alternating runs on the Zen 4 machine.
-      const int32_t* chunk_sums = sums ? sums + n_start : wsum.data();
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t rows = std::min<int64_t>(32, M - 32 * b);
         const int8_t* xb = xi + b * K4 * 128;
@@ -1064,7 +1058,8 @@ static void run_int8_vnni_broadcast(const int8_t* xi, int64_t M, int64_t K, cons
           if (tn == NR) broadcast_block<NR>(rows, xb, q + n0 * K, K, out);
           else  // the last rows of a chunk of N that is not a multiple of 8
             for (int64_t j = 0; j < tn; ++j) broadcast_block<1>(rows, xb, q + (n0 + j) * K, K, out + j * 32);
-          epilogue(32 * b, rows, n0, tn, out, chunk_sums + (n0 - n_start));
+          for (int64_t j = 0; b == 0 && j < tn; ++j) wsum[n0 - n_start + j] = weight_row_sum(q + (n0 + j) * K, K);
+          epilogue(32 * b, rows, n0, tn, out, wsum.data() + (n0 - n_start));
         }
       }
     }
@@ -1125,8 +1120,7 @@ MQ_VNNI static void broadcast_epilogue(const ActEpilogue& e, int64_t m0, int64_t
 // y[m, n] = (acc[m, n] - z_n * rowsum_m) * s_m * s_n + bias_n, acc = sum_k xq[m, k] * q[n, k] in int32.
 at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                          const c10::optional<at::Tensor>& zero_point, const c10::optional<at::Tensor>& bias,
-                         double act_scale, int64_t act_zero_point, int64_t act_qmin, int64_t act_qmax, int64_t kernel,
-                         const c10::optional<at::Tensor>& weight_sums) {
+                         double act_scale, int64_t act_zero_point, int64_t act_qmin, int64_t act_qmax, int64_t kernel) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "x must be contiguous float32 [M, K]");
   TORCH_CHECK(qweight.scalar_type() == at::kChar && qweight.is_contiguous() && qweight.size(1) == x.size(1),
@@ -1137,9 +1131,6 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
               "zero_point must be int32 [N]");
   TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == qweight.size(0)),
               "bias must be contiguous float32 [N]");
-  TORCH_CHECK(!weight_sums || (weight_sums->scalar_type() == at::kInt && weight_sums->is_contiguous() &&
-                               weight_sums->numel() == qweight.size(0)),
-              "weight_sums must be contiguous int32 [N]");
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
@@ -1188,7 +1179,7 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
   if (vnni) {
     if (broadcast) {
       const ActEpilogue e{xsum.data(), xs.data(), nan_row.data(), sp, zp, bp, act_zero_point, N, yp};
-      run_int8_vnni_broadcast(xi.data(), M, K, qp, N, weight_sums ? weight_sums->data_ptr<int32_t>() : nullptr,
+      run_int8_vnni_broadcast(xi.data(), M, K, qp, N,
                               [&](int64_t m0, int64_t r, int64_t n0, int64_t tn, const int32_t* out,
                                   const int32_t* wsum) { broadcast_epilogue(e, m0, r, n0, tn, out, wsum); });
       return y;
@@ -1241,7 +1232,7 @@ TORCH_LIBRARY(MQ_NAMESPACE, m) {
   m.def("fp16_weight_only(Tensor x, Tensor weight, Tensor ones, Tensor? bias, int path, int block_rows) -> Tensor",
         &fp16_weight_only);
   m.def("int8_act_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? zero_point, Tensor? bias, float act_scale, "
-        "int act_zero_point, int act_qmin, int act_qmax, int kernel, Tensor? weight_sums) -> Tensor", &int8_act_int8);
+        "int act_zero_point, int act_qmin, int act_qmax, int kernel) -> Tensor", &int8_act_int8);
   m.def("has_vnni() -> bool", &cpu_has_vnni);
 }
 """
@@ -1599,27 +1590,13 @@ def _int_kernel(rows:int, vnni:bool) -> int:
     if not vnni: return _INT_AVX2
     return _INT_VNNI_BROADCAST if rows >= _BROADCAST_MIN_ROWS else _INT_VNNI_TILES
 
-_ROW_SUMS = WeakIdKeyDictionary()  # int8 weight -> (its version counter, int32 [N] row sums)
-
-def _weight_row_sums(qweight:torch.Tensor) -> Optional[torch.Tensor]:
-    "Return `qweight.sum(1)` as int32, kept until `qweight` is freed or changed in place; None where no cache can work."
-    if qweight.is_inference() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return None  # no version counter to check, or a graph that must not hold a constant: the kernel sums itself
-    cached = _ROW_SUMS.get(qweight)
-    if cached is not None and cached[0] == qweight._version: return cached[1]
-    sums = qweight.sum(1, dtype=torch.int32)
-    _ROW_SUMS[qweight] = (qweight._version, sums)
-    return sums
-
 def _run_int8_act(ops, rows, qweight, scale, zero_point, bias, act_scale:Optional[float], act_zero_point:int,
                   vnni:bool) -> torch.Tensor:
     "Call the integer-activation operator on tensors in its formats: rows [M, K] float32, int32 zero points [N]."
-    kernel = _int_kernel(rows.shape[0], vnni)
-    sums = _weight_row_sums(qweight) if kernel == _INT_VNNI_BROADCAST else None
     qmin, qmax = qrange(8, symmetric=False)
     # a negative act_scale selects the dynamic per-row scale in the kernel
     return ops.int8_act_int8(rows, qweight, scale, zero_point, bias, -1.0 if act_scale is None else act_scale,
-                             act_zero_point, qmin, qmax, kernel, sums)
+                             act_zero_point, qmin, qmax, _int_kernel(rows.shape[0], vnni))
 
 def _linear_int8_act(x, qweight, scale, zero_point, bias, act_scale, act_zero_point:int, fn:str):
     "Shared body of the dynamic (`act_scale` None) and static integer-activation layers."

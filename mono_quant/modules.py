@@ -452,11 +452,13 @@ def forward(self, x:torch.Tensor) -> torch.Tensor:
                                         self.in_features)
         if y is not None: return y
     elif self.activations is not None and not torch.compiler.is_compiling():
-        static = self.activations == "static"
-        if static: self._check_calibrated()
-        y = kernels._int8_act_direct(x, self.qweight, self.scale, self.zero_point, self.bias,
-                                     float(self.act_scale) if static else None,
-                                     int(self.act_zero_point) if static else 0, self.in_features)
+        act_scale, act_zero_point = None, 0
+        if self.activations == "static":
+            self._check_calibrated()
+            # A state_dict may have loaded any pair, so it is checked on every call, as the public function does.
+            act_scale, act_zero_point = kernels._act_qparams(self.act_scale, self.act_zero_point)
+        y = kernels._int8_act_direct(x, self.qweight, self.scale, self.zero_point, self.bias, act_scale, act_zero_point,
+                                     self.in_features)
         if y is not None: return y
     if self.bits == 16:
         return _call_kernel(kernels.linear_fp16, x, self.qweight, self.bias)
