@@ -1636,7 +1636,7 @@ def _act_qparams(act_scale, act_zero_point) -> tuple[float, int]:
         raise ValueError(f"act_scale={scale} is invalid. Expected a finite positive number from calibration.")
     qmin, qmax = qrange(8, symmetric=False)
     zero_point = act_zero_point.item() if torch.is_tensor(act_zero_point) else act_zero_point
-    if zero_point != int(zero_point) or not qmin <= zero_point <= qmax:
+    if not math.isfinite(zero_point) or zero_point != int(zero_point) or not qmin <= zero_point <= qmax:
         raise ValueError(f"act_zero_point={zero_point} is invalid. Expected an integer in [{qmin}, {qmax}].")
     return scale, int(zero_point)
 

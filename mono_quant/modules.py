@@ -308,7 +308,9 @@ def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, miss
         return
     nn.Module._load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
     if self.activations == "static" and self.act_scale.device.type != "meta":
-        self._calibrated = bool(self.act_scale > 0)
+        # 0 is the scale of a layer saved before calibration. Any other value counts as calibrated, so that a bad one
+        # (negative, inf or NaN) reaches the check of the forward, whose error names it.
+        self._calibrated = bool(self.act_scale != 0)
 
 # %% ../nbs/02_modules.ipynb #ea96dfa4
 _SAME_SIZE_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
