@@ -1,7 +1,8 @@
 """Time what a quantized Linear layer adds on top of its kernel, at batch 1.
 
-A layer's forward can call the C++ operator with its own tensors (`kernels._weight_only_direct`) or go through the
-public function that checks and converts every argument (`kernels.linear_int4`, `linear_int8`). This script times,
+A layer's forward can call the C++ operator with its own tensors (`kernels._weight_only_direct`,
+`kernels._int8_act_direct`) or go through the public function that checks and converts every argument
+(`kernels.linear_int4`, `linear_int8`, `linear_int8_dynamic`). This script times,
 in one round-robin loop per layer, the bare operator, the public function, and the module's forward with and without
 the direct path, and writes the medians to `bench/results/call_overhead.json`:
 
@@ -25,13 +26,13 @@ SHAPES = [(4096, 4096), (384, 384)]  # (in_features, out_features)
 
 
 def checked_forward(layer, x):
-    "Run the module's forward with the direct path switched off, as every call ran before it existed."
-    direct = kernels._weight_only_direct
-    kernels._weight_only_direct = lambda *args: None
+    "Run the module's forward with the direct paths switched off, as every call ran before they existed."
+    weight_only, int8_act = kernels._weight_only_direct, kernels._int8_act_direct
+    kernels._weight_only_direct = kernels._int8_act_direct = lambda *args: None
     try:
         return layer(x)
     finally:
-        kernels._weight_only_direct = direct
+        kernels._weight_only_direct, kernels._int8_act_direct = weight_only, int8_act
 
 
 def layer_calls(layer, x):
@@ -46,6 +47,12 @@ def layer_calls(layer, x):
                                                          block_rows),
                 "checked function": lambda: kernels.linear_int4(x, layer.qweight, layer.scale, None, layer.bias,
                                                                 in_features=in_features, group_size=layer.group_size),
+                "module": lambda: layer(x), "module, checked path": lambda: checked_forward(layer, x)}
+    if layer.activations == "dynamic":
+        kernel = kernels._int_kernel(x.shape[0], kernels.kernel_isa() == "avx512-vnni")
+        return {"operator": lambda: ops.int8_act_int8(x, layer.qweight, layer.scale, None, layer.bias, -1.0, 0, -128,
+                                                      127, kernel),
+                "checked function": lambda: kernels.linear_int8_dynamic(x, layer.qweight, layer.scale, None, layer.bias),
                 "module": lambda: layer(x), "module, checked path": lambda: checked_forward(layer, x)}
     scale = layer.scale.view(out_features, 1)
     return {"operator": lambda: ops.int8_weight_only(x, layer.qweight, scale, None, layer.bias, in_features, path,
@@ -82,7 +89,8 @@ def main():
     for in_features, out_features in SHAPES:
         linear = torch.nn.Linear(in_features, out_features)
         layers = {"int4 g128": QuantizedLinearInt4.from_float(linear, group_size=128),
-                  "int8 per-channel": QuantizedLinear.from_float(linear)}
+                  "int8 per-channel": QuantizedLinear.from_float(linear),
+                  "int8 dynamic": QuantizedLinear.from_float(linear, activations="dynamic")}
         x = torch.randn(1, in_features)
         for label, layer in layers.items():
             with torch.no_grad():

@@ -1,12 +1,11 @@
-"""Time the paths of the integer-activation layers against each other, and against fbgemm, on one CPU.
+"""Time the paths of the integer-activation layers against each other and against fbgemm on one CPU.
 
-`linear_int8_dynamic` multiplies int8 activation codes by int8 weights in its own kernels: the AVX2 tiles, or on a
-CPU with AVX-512 VNNI the VNNI tiles or the VNNI broadcast kernel. For many rows of a short input on a CPU without
-VNNI, it dequantizes the activation codes and calls the weight-only kernel instead. This script times each path, and
-torch.ao's `quantize_dynamic` Linear (fbgemm) for reference, for each shape and row count in one process, and writes
-the medians to `bench/results/int_paths.json`. The paths take turns, so that a change in the machine's load shows in
-all of them alike, and each turn makes one untimed call before the timed one, so that the path's weight is back in
-cache:
+`linear_int8_dynamic` multiplies int8 activation codes by int8 weights in its own kernels: the AVX2 tiles, or, on a
+CPU with AVX-512 VNNI, the VNNI tiles or the VNNI broadcast kernel. For many rows of a short input on a CPU without
+VNNI, it dequantizes the activation codes and calls the weight-only kernel instead. This script times each path and
+torch.ao's `quantize_dynamic` Linear (fbgemm) for each shape and row count, in one process, and writes the medians to
+`bench/results/int_paths.json`. The paths take turns, so that a change in the machine's load affects them alike. Each
+turn makes one untimed call before the timed one, which brings the path's weight back into cache:
 
     python bench/bench_int_paths.py [--repeats 30] [--out bench/results/int_paths.json]
 """
@@ -31,8 +30,8 @@ def round_robin_us(paths: dict, repeats: int) -> dict:
     "Median wall time in microseconds of each `paths[name]()`, calling the paths in turn, after 3 untimed rounds."
     times = {name: [] for name in paths}
     for round_ in range(repeats + 3):
-        for name, fn in paths.items():  # a turn per path and round, so a change in load hits them all alike
-            fn()  # untimed: brings this path's weight (fbgemm keeps its own copy) back into cache
+        for name, fn in paths.items():  # one turn per path and round
+            fn()  # untimed: brings this path's weight back into cache (fbgemm keeps its own copy)
             start = time.perf_counter()
             fn()
             if round_ >= 3: times[name].append(time.perf_counter() - start)
@@ -50,7 +49,7 @@ def main():
     for in_features, out_features in SHAPES:
         layer = torch.nn.Linear(in_features, out_features)
         qw = quantize_weight(layer.weight.detach(), 8)
-        with warnings.catch_warnings():  # torch.ao's deprecation notice
+        with warnings.catch_warnings():  # hides torch.ao's deprecation warning
             warnings.simplefilter("ignore")
             fbgemm = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear},
                                                             dtype=torch.qint8)

@@ -6,10 +6,9 @@ Run from the repository root:
     python bench/bench_minilm.py [--repeats 30] [--out bench/results/minilm.json]
 
 Every latency is the median of `--repeats` timed forward passes after 3 warm-up rounds, all in one process. The
-variants take turns, so that a change in the machine's load affects them alike, and each turn runs one untimed forward
-before the timed one, so that the variant's weights are back in cache as in a model that serves request after request.
-The
-quantization time is the median of 3 builds, as wall time and as CPU time of this process (less affected by other load).
+variants take turns, so that a change in the machine's load affects them alike. Each turn runs one untimed forward
+before the timed one, which brings the variant's weights back into cache, as for a model that serves one request after
+another. The quantization time is the median of 3 builds, as wall time and as CPU time of this process (less affected by other load).
 `bytes` is mono_quant's model_size of the parameters and buffers. It is null for torch.ao, because its packed weights
 are neither, so compare `saved_bytes` (the size of the saved state_dict) across libraries.
 """
@@ -45,7 +44,7 @@ def round_robin_seconds(models: dict, inputs: dict, repeats: int, warmup: int = 
     times = {name: [] for name in models}
     with torch.inference_mode():
         for round_ in range(warmup + repeats):
-            for name, model in models.items():  # a turn per model and round, so a change in load hits all alike
+            for name, model in models.items():  # one turn per model and round
                 model(**inputs)  # untimed: brings this model's weights back into cache after the other models
                 start = time.perf_counter()
                 model(**inputs)

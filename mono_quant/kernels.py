@@ -770,9 +770,9 @@ struct NextChunkPrefetch {
   }
 };
 
-// Walks N weight rows in chunks (int_chunk_rows), one chunk per task, and in each chunk
-// walks the rows of x 4 at a time outside the weight rows, so 4 rows of activation codes stay in L1 while they meet the
-// whole chunk. tile(tm, m, n0, tn, acc) fills acc[i * tn + j] for tm rows of x from m and tn weight rows from n0, and
+// Walks N weight rows in chunks (int_chunk_rows), one chunk per task. In each chunk it walks the rows of x 4 at a time
+// outside the weight rows, so 4 rows of activation codes stay in L1 while they meet the whole chunk.
+// tile(tm, m, n0, tn, acc) fills acc[i * tn + j] for tm rows of x from m and tn weight rows from n0, and
 // store(m, n, sum) takes each sum.
 template <int TN, class Tile, class Store>
 static void for_each_int_tile(int64_t M, int64_t K, int64_t N, const int8_t* q, const Tile& tile, const Store& store) {
@@ -1048,8 +1048,8 @@ static void run_int8_vnni_broadcast(const int8_t* xi, int64_t M, int64_t K, cons
     std::vector<int32_t> wsum(chunk);
     for (int64_t n_start = c0 * chunk; n_start < std::min(N, c1 * chunk); n_start += chunk) {
       const int64_t n_end = std::min(N, n_start + chunk);
-      // No NextChunkPrefetch here: with it, 16 and 32 rows on 4096 by 4096 and 4096 by 11008 weights took 2 to 10%
-      // longer in three alternating runs on the Zen 4 machine.
+      // No NextChunkPrefetch here: in a microbenchmark with three alternating runs on the Zen 4 machine, 16 and 32
+      // rows on 4096 by 4096 and 4096 by 11008 weights took 2 to 10% longer with it.
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t rows = std::min<int64_t>(32, M - 32 * b);
         const int8_t* xb = xi + b * K4 * 128;
@@ -1185,7 +1185,8 @@ at::Tensor int8_act_int8(const at::Tensor& x, const at::Tensor& qweight, const a
       return y;
     }
     if (!ones_row) {
-      run_int8_vnni(x8.data(), M, K, qp, N, [&](int64_t m, int64_t n, int32_t v) { epilogue(m, n, v - 128 * csum[m]); });
+      run_int8_vnni(x8.data(), M, K, qp, N,
+                    [&](int64_t m, int64_t n, int32_t v) { epilogue(m, n, v - 128 * csum[m]); });
       return y;
     }
     // The weight row sums come last, so the raw sums go into y's memory first and are turned into floats in place.
@@ -1549,8 +1550,24 @@ def linear_fp16(x:torch.Tensor, # activations [..., K]: float32, bfloat16 or flo
     return _output(y, x)
 
 # %% ../nbs/01_kernels.ipynb #c4b015a9
+def _direct_rows(x:torch.Tensor, # activations [..., K]
+                 codes:torch.Tensor, # the module's weight tensor [N, codes_width]
+                 codes_width:int, # the width the kernel expects for `codes`
+                 zero_point:Optional[torch.Tensor], # must be None: asymmetric layers take the checked path
+                 bias:Optional[torch.Tensor], # float32 [N] or None
+                 in_features:int, # K
+                ) -> Optional[torch.Tensor]:
+    "Return `x` as rows [M, K] if `x`, `codes` and `bias` are in the formats of a direct kernel call; otherwise None."
+    if x.dtype is not torch.float32 or x.ndim < 2 or x.shape[-1] != in_features or in_features == 0: return None
+    if zero_point is not None or not x.is_contiguous() or not x.is_cpu or not codes.is_contiguous(): return None
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)): return None
+    if codes.shape[1] != codes_width: return None
+    if bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()): return None
+    if bias is not None and bias.shape != (codes.shape[0],): return None
+    return x.view(-1, in_features)
+
 def _weight_only_direct(kind:str, # 'int8', 'int4' or 'fp16'
-                        x:torch.Tensor, # activations [M, K]
+                        x:torch.Tensor, # activations [..., K]
                         codes:torch.Tensor, # int8 [N, K], packed uint8 [N, ceil(K/2)] or float16 [N, K]
                         scale:Optional[torch.Tensor], # float32 [N] or [N, G]; unused for fp16
                         zero_point:Optional[torch.Tensor], # must be None: asymmetric layers take the checked path
@@ -1559,34 +1576,35 @@ def _weight_only_direct(kind:str, # 'int8', 'int4' or 'fp16'
                         in_features:int, # K
                        ) -> Optional[torch.Tensor]:
     "Run the weight-only kernel on a module's tensors if all are in the kernel's formats; otherwise return None."
-    if x.dtype is not torch.float32 or x.ndim != 2 or x.shape[1] != in_features or in_features == 0: return None
-    if zero_point is not None or not x.is_contiguous() or not x.is_cpu or not codes.is_contiguous(): return None
-    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)): return None
-    out_features = codes.shape[0]
-    if codes.shape[1] != ((in_features + 1) // 2 if kind == "int4" else in_features): return None
-    if bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()): return None
-    if bias is not None and bias.shape != (out_features,): return None
-    ops = _kernel_ops()
+    rows = _direct_rows(x, codes, (in_features + 1) // 2 if kind == "int4" else in_features, zero_point, bias,
+                        in_features)
+    ops = None if rows is None else _kernel_ops()
     if ops is None: return None
-    block_rows = _block_rows(in_features)
+    out_features, block_rows = codes.shape[0], _block_rows(in_features)
     if kind == "fp16":
-        return ops.fp16_weight_only(x, codes, _unit_scale(out_features), bias, _weight_only_path(x.shape[0]), block_rows)
+        path = _weight_only_path(rows.shape[0])
+        y = ops.fp16_weight_only(rows, codes, _unit_scale(out_features), bias, path, block_rows)
+        return y.view(*x.shape[:-1], out_features)
     group = in_features if group_size is None else group_size
-    path = _weight_only_path(x.shape[0], _gemv_max_rows(kind, out_features, in_features, group))
+    path = _weight_only_path(rows.shape[0], _gemv_max_rows(kind, out_features, in_features, group))
     groups = -(-in_features // group)
     if scale.dtype is not torch.float32 or not scale.is_contiguous(): return None
     if scale.shape != (out_features, groups) and (groups != 1 or scale.shape != (out_features,)): return None
     if scale.ndim == 1: scale = scale.view(out_features, 1)  # [N, 1]
-    if kind == "int8": return ops.int8_weight_only(x, codes, scale, None, bias, group, path, block_rows)
-    if not _int4_kernel_accepts(scale.shape[1], group): return None
-    return ops.int4_weight_only(x, codes, scale, None, bias, group, path, block_rows)
+    if kind == "int8":
+        y = ops.int8_weight_only(rows, codes, scale, None, bias, group, path, block_rows)
+    elif _int4_kernel_accepts(scale.shape[1], group):
+        y = ops.int4_weight_only(rows, codes, scale, None, bias, group, path, block_rows)
+    else:
+        return None
+    return y.view(*x.shape[:-1], out_features)
 
 # %% ../nbs/01_kernels.ipynb #57c1cc4b
 _INT_AVX2, _INT_VNNI_TILES, _INT_VNNI_BROADCAST = 0, 1, 2  # the `kernel` argument of int8_act_int8
-_BROADCAST_MIN_ROWS = 16  # from this many rows of x the VNNI broadcast kernel beat the VNNI tiles (measured)
+_BROADCAST_MIN_ROWS = 16  # from this many rows of x the VNNI broadcast kernel beat the VNNI tiles (bench_int_paths.py)
 
 def _int_kernel(rows:int, vnni:bool) -> int:
-    "The integer kernel for `rows` rows of x: the AVX2 tiles, or on AVX-512 VNNI the tiles or the broadcast kernel."
+    "Pick the integer kernel for `rows` rows of x: the AVX2 tiles, or on AVX-512 VNNI the tiles or the broadcast kernel."
     if not vnni: return _INT_AVX2
     return _INT_VNNI_BROADCAST if rows >= _BROADCAST_MIN_ROWS else _INT_VNNI_TILES
 
@@ -1663,19 +1681,13 @@ def _int8_act_direct(x:torch.Tensor, # activations [..., K]
                      in_features:int, # K
                     ) -> Optional[torch.Tensor]:
     "Run the integer-activation kernel on a module's tensors if all are in the kernel's formats; otherwise return None."
-    if x.dtype is not torch.float32 or x.ndim < 2 or x.shape[-1] != in_features: return None
-    if not 0 < in_features <= _INT_KERNEL_MAX_K or zero_point is not None or not x.is_contiguous() or not x.is_cpu:
-        return None
-    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)): return None
+    rows = _direct_rows(x, codes, in_features, zero_point, bias, in_features)
+    if rows is None or in_features > _INT_KERNEL_MAX_K: return None
     out_features = codes.shape[0]
-    if codes.shape[1] != in_features or not codes.is_contiguous(): return None
     if scale.dtype is not torch.float32 or scale.shape != (out_features,) or not scale.is_contiguous(): return None
-    if bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()): return None
-    if bias is not None and bias.shape != (out_features,): return None
     mode = _kernel_mode()  # read once: kernel_isa() would read it again
     ops = None if mode == "fallback" else _load_kernels()[0]
     if ops is None: return None
-    rows = x.view(-1, in_features)
     vnni = mode == "auto" and _cpu_has_vnni()
     if not vnni and _int_act_via_float(rows.shape[0], in_features): return None
     y = _run_int8_act(ops, rows, codes, scale, None, bias, act_scale, act_zero_point, vnni)
